@@ -1,0 +1,61 @@
+# imagegate — developer and CI entry points. `.ci/run` runs: deps, engine, `make test`.
+#
+#   make venv    .venv with python3 >= 3.11 and `pip install -e '.[dev]'` (redone when
+#                pyproject.toml changes)
+#   make deps    Debian packages: docker.io docker-registry skopeo busybox-static ...
+#   make engine  deps + a running Docker engine (hack/start-dockerd.sh)
+#   make lint    ruff check, ruff format --check, mypy
+#   make test    engine + lint, then the whole pytest suite
+#   make demo    engine, then hack/demo.py
+#   make bench   engine, then bench/bench_check.py
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+VENV := .venv
+VENV_STAMP := $(VENV)/.imagegate-installed
+# The interpreter for the venv: $(PYTHON) if given, else the first python3 >= 3.11 found.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
+	&& { command -v $$p; break; }; done)
+endif
+PYTEST_ARGS ?=
+
+export IMAGEGATE_STATE ?= /tmp/imagegate
+
+.PHONY: venv deps engine lint test demo bench
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "make venv: no python3 >= 3.11 with venv support (Debian: apt-get install python3-venv)" >&2; \
+		exit 1; fi
+	@if [ ! -x $(VENV)/bin/python ] || ! $(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+		echo "make venv: creating $(VENV) with $(PYTHON)"; \
+		rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $@
+
+deps:
+	hack/install-deps.sh
+
+engine: deps
+	hack/start-dockerd.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: engine lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
+
+demo: engine venv
+	$(VENV)/bin/python hack/demo.py
+
+bench: engine venv
+	$(VENV)/bin/python bench/bench_check.py

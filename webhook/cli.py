@@ -1,0 +1,120 @@
+"""The `imagegate` command line (Typer). Commands parse flags, call a service, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ByteSize, TypeAdapter, ValidationError
+from rich.console import Console
+
+from webhook import __version__
+from webhook.errors import ImagegateError, UsageError
+from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.loader import load_policies
+from webhook.policy.model import ImagePolicy
+from webhook.registry.auth import Keyring
+from webhook.registry.client import RegistryClient
+from webhook.registry.facts import Platform
+from webhook.report.check_output import render_table, to_json
+from webhook.settings import Settings
+
+app = typer.Typer(
+    name="imagegate",
+    help="Gate container images: non-root, approved base, size budget, single entrypoint, pinned.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class CheckOutput(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def check(
+    refs: Annotated[list[str], typer.Argument(help="Image references, or docker-daemon:NAME.")],
+    policy: Annotated[
+        Path | None, typer.Option(help="ImagePolicy file or directory (default: built-in default).")
+    ] = None,
+    output: Annotated[CheckOutput, typer.Option(help="Output format.")] = CheckOutput.table,
+    platform: Annotated[
+        str | None,
+        typer.Option(help="os/arch[/variant] to check (default: policy's, else this machine's)."),
+    ] = None,
+    allow_base: Annotated[
+        list[str] | None, typer.Option("--allow-base", help="Approve this base image (repeatable).")
+    ] = None,
+    max_size: Annotated[
+        str | None, typer.Option(help="Size budget, for example 200MB or 1.5GiB.")
+    ] = None,
+    insecure_registry: Annotated[
+        list[str] | None,
+        typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
+    ] = None,
+) -> None:
+    """Check images against policies.
+
+    Exit 0: all pass; 1: a violation; 2: usage or inspection error.
+    """
+    try:
+        settings = Settings()
+        if insecure_registry:
+            settings.registry.insecure_registries.extend(insecure_registry)
+        policies = load_policies(policy) if policy else [ImagePolicy()]
+        budget = _parse_size(max_size) if max_size else None
+        policies = [p.with_overrides(allow_base, budget) for p in policies]
+        wanted = platform or settings.platform
+        chosen = Platform.parse(wanted) if wanted else None
+        results = asyncio.run(_check(settings, refs, policies, chosen))
+    except ImagegateError as err:
+        stderr.print(f"[bold red]error:[/] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    if output is CheckOutput.json:
+        print(to_json(results))
+    else:
+        render_table(results, stdout)
+    verdicts = {r.verdict for r in results}
+    raise typer.Exit(2 if "error" in verdicts else 1 if "fail" in verdicts else 0)
+
+
+async def _check(
+    settings: Settings, refs: list[str], policies: list[ImagePolicy], platform: Platform | None
+) -> list[CheckResult]:
+    keyring = Keyring.from_docker_config(settings.registry.docker_config)
+    async with RegistryClient(settings.registry, keyring) as client:
+        checker = Checker(client, settings.check_concurrency)
+        return await checker.check_all(refs, policies, platform)
+
+
+def _parse_size(text: str) -> int:
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise UsageError(
+            f"invalid --max-size {text!r}: use a size such as 200MB or 1.5GiB"
+        ) from None
+
+
+@app.command()
+def schema() -> None:
+    """Print the ImagePolicy JSON schema (the CRD's openAPIV3Schema is generated from it)."""
+    print(json.dumps(ImagePolicy.model_json_schema(by_alias=True), indent=2))
+
+
+@app.command()
+def version() -> None:
+    """Print the imagegate version."""
+    print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""ImagePolicy: the model, loading it, one module per rule, and evaluation."""

@@ -1,0 +1,148 @@
+"""The inspection core as a service: image reference + policies → a verdict with facts.
+
+The CLI, the webhook and the operator all call `Checker`; it owns no state besides the
+registry client (whose caches make repeated checks cheap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from webhook.errors import ImagegateError
+from webhook.policy.evaluate import evaluate
+from webhook.policy.model import ImagePolicy
+from webhook.policy.outcome import ContainerContext, Violation
+from webhook.policy.rules.allowed_base import KnownBase, concrete_references
+from webhook.registry.auth import Keyring
+from webhook.registry.client import RegistryClient
+from webhook.registry.facts import ImageFacts, Platform
+from webhook.registry.inspect import DAEMON_PREFIX, inspect_image
+from webhook.registry.reference import Reference
+
+Verdict = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One image's verdict, in the JSON shape of DESIGN §3."""
+
+    image: str
+    verdict: Verdict
+    digest: str | None = None
+    platform: str | None = None
+    violations: list[Violation] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    policies: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "image": self.image,
+            "digest": self.digest,
+            "platform": self.platform,
+            "verdict": self.verdict,
+            "violations": [v.to_json() for v in self.violations],
+            "facts": self.facts,
+            "policies": self.policies,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
+    """The `facts` object of DESIGN §3, plus what the rules derived (effective user, argv…)."""
+    return {
+        "user": facts.user,
+        "entrypoint": facts.entrypoint,
+        "cmd": facts.cmd,
+        "base": derived.get("base"),
+        "compressedSize": facts.compressed_size,
+        "layers": [
+            {"diffId": diff_id, "size": size}
+            for diff_id, size in zip(facts.diff_ids, facts.layer_sizes, strict=False)
+        ],
+        "source": facts.source,
+        "labels": facts.labels,
+        **{k: v for k, v in derived.items() if k not in ("base", "user")},
+    }
+
+
+class Checker:
+    """Checks images against policies, inspecting each image (and approved base) once."""
+
+    def __init__(self, client: RegistryClient, concurrency: int = 16) -> None:
+        self._client = client
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def check(
+        self,
+        image: str,
+        policies: Iterable[ImagePolicy],
+        platform: Platform | None = None,
+        *,
+        container: ContainerContext | None = None,
+        keyring: Keyring | None = None,
+        namespace: str | None = None,
+        namespace_labels: dict[str, str] | None = None,
+    ) -> CheckResult:
+        applicable = [p for p in policies if p.applies_to(image, namespace, namespace_labels)]
+        names = [p.name for p in applicable]
+        if not applicable:
+            return CheckResult(image, "pass", policies=names)
+        chosen = platform or _policy_platform(applicable) or Platform.host()
+        try:
+            async with self._limit:
+                facts = await inspect_image(image, chosen, self._client, keyring)
+            reference = None if image.startswith(DAEMON_PREFIX) else Reference.parse(image)
+        except ImagegateError as err:
+            return CheckResult(image, "error", platform=str(chosen), policies=names, error=str(err))
+        violations: list[Violation] = []
+        derived: dict[str, Any] = {}
+        for policy in applicable:
+            known = await self._known_bases(policy, chosen, keyring)
+            outcome = evaluate(policy, facts, reference, known, container)
+            violations.extend(outcome.violations)
+            derived = outcome.facts | derived
+        return CheckResult(
+            image=image,
+            verdict="fail" if violations else "pass",
+            digest=facts.digest,
+            platform=facts.platform,
+            violations=violations,
+            facts=facts_json(facts, derived),
+            policies=names,
+        )
+
+    async def check_all(
+        self, images: list[str], policies: list[ImagePolicy], platform: Platform | None = None
+    ) -> list[CheckResult]:
+        """Check several images concurrently; results keep the order of `images`."""
+        return list(await asyncio.gather(*(self.check(i, policies, platform) for i in images)))
+
+    async def _known_bases(
+        self, policy: ImagePolicy, platform: Platform, keyring: Keyring | None
+    ) -> list[KnownBase]:
+        rule = policy.spec.rules.allowed_bases
+        if not rule.enabled:
+            return []
+        refs = concrete_references(rule)
+        return list(await asyncio.gather(*(self._known_base(r, platform, keyring) for r in refs)))
+
+    async def _known_base(self, ref: str, platform: Platform, keyring: Keyring | None) -> KnownBase:
+        try:
+            async with self._limit:
+                base = await inspect_image(ref, platform, self._client, keyring)
+        except ImagegateError as err:
+            return KnownBase(ref, error=str(err))
+        return KnownBase(ref, base.digest, tuple(base.diff_ids))
+
+
+def _policy_platform(policies: list[ImagePolicy]) -> Platform | None:
+    for policy in policies:
+        if policy.spec.platform:
+            return Platform.parse(policy.spec.platform)
+    return None

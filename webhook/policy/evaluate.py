@@ -1,0 +1,54 @@
+"""Evaluate one policy against one image's facts: every enabled rule, pure, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhook.policy.model import ImagePolicy
+from webhook.policy.outcome import ContainerContext, RuleOutcome, Violation
+from webhook.policy.rules import (
+    allowed_base,
+    immutable_reference,
+    non_root_user,
+    single_entrypoint,
+    size_budget,
+)
+from webhook.policy.rules.allowed_base import KnownBase
+from webhook.registry.facts import ImageFacts
+from webhook.registry.reference import Reference
+
+
+def evaluate(
+    policy: ImagePolicy,
+    facts: ImageFacts,
+    reference: Reference | None,
+    known_bases: list[KnownBase],
+    container: ContainerContext | None = None,
+) -> RuleOutcome:
+    """Violations of `policy` (tagged with its name) and the facts the rules derived.
+
+    `reference` is None for `docker-daemon:` images: a local image has no registry reference
+    to pin, so `immutable-reference` does not apply to it.
+    """
+    rules = policy.spec.rules
+    outcomes: list[RuleOutcome] = []
+    if rules.non_root_user.enabled:
+        outcomes.append(non_root_user.check(rules.non_root_user, facts, container))
+    if rules.allowed_bases.enabled:
+        outcomes.append(allowed_base.check(rules.allowed_bases, facts, known_bases))
+    if rules.size_budget.enabled:
+        outcomes.append(size_budget.check(rules.size_budget, facts))
+    if rules.single_entrypoint.enabled:
+        outcomes.append(single_entrypoint.check(rules.single_entrypoint, facts, container))
+    if rules.immutable_reference.enabled and reference is not None:
+        outcomes.append(
+            immutable_reference.check(rules.immutable_reference, reference, facts.digest)
+        )
+    violations: list[Violation] = []
+    derived: dict[str, Any] = {}
+    for outcome in outcomes:
+        violations.extend(
+            Violation(v.rule, v.message, v.severity, policy.name) for v in outcome.violations
+        )
+        derived |= outcome.facts
+    return RuleOutcome(violations, derived)

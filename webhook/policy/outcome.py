@@ -1,0 +1,46 @@
+"""What a rule returns, and the Kubernetes context a rule may take into account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.policy.model import Severity
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed rule. `message` says what is wrong *and* how to fix the image."""
+
+    rule: str
+    message: str
+    severity: Severity
+    policy: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message, "severity": str(self.severity)}
+        if self.policy:
+            out["policy"] = self.policy
+        return out
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """Facts a rule derived (reported in `facts`) and the violations it found."""
+
+    violations: list[Violation] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerContext:
+    """The parts of a Pod that change what runs: command/args and securityContext users.
+
+    None fields mean "not set in the pod spec", so the image's value applies.
+    """
+
+    command: list[str] | None = None
+    args: list[str] | None = None
+    run_as_user: int | None = None
+    pod_run_as_user: int | None = None
+    run_as_non_root: bool | None = None

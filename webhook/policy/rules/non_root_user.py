@@ -1,0 +1,70 @@
+"""`non-root-user`: the effective user of the container must not be root.
+
+The effective user is the container's `securityContext.runAsUser`, else the pod's, else the
+image's `USER`. The kubelet refuses non-numeric users under `runAsNonRoot: true` because it
+cannot tell their uid without reading the image's /etc/passwd, so named users are refused
+when `requireNumericUser` is on.
+"""
+
+from __future__ import annotations
+
+from webhook.policy.model import NonRootUserRule
+from webhook.policy.outcome import ContainerContext, RuleOutcome, Violation
+from webhook.registry.facts import ImageFacts
+
+RULE = "non-root-user"
+FIX = (
+    "add `USER 65532:65532` (any numeric uid other than 0) to the final stage of the Dockerfile, "
+    "or set securityContext.runAsUser in the pod spec"
+)
+
+
+def split_user(user: str) -> tuple[str, str | None]:
+    """`user[:group]` → (user, group); the empty string stays empty (which means root)."""
+    name, sep, group = user.partition(":")
+    return name, (group if sep else None)
+
+
+def check(
+    rule: NonRootUserRule, facts: ImageFacts, container: ContainerContext | None
+) -> RuleOutcome:
+    image_user = facts.user.strip()
+    found: dict[str, object] = {"user": image_user}
+    ctx = container or ContainerContext()
+    if ctx.run_as_user is not None or ctx.pod_run_as_user is not None:
+        uid = ctx.run_as_user if ctx.run_as_user is not None else ctx.pod_run_as_user
+        source = (
+            "container securityContext.runAsUser"
+            if ctx.run_as_user is not None
+            else "pod securityContext.runAsUser"
+        )
+        found |= {"effectiveUser": str(uid), "userSource": source}
+        if uid == 0:
+            return _fail(
+                rule, found, f"{source} is 0 (root): set it to a non-zero uid such as 65532"
+            )
+        return RuleOutcome(facts=found)
+
+    found |= {"effectiveUser": image_user or "root", "userSource": "image"}
+    name, _group = split_user(image_user)
+    if not name:
+        return _fail(rule, found, f"the image has no USER, so it runs as root: {FIX}")
+    if name.isdigit():
+        if int(name) == 0:
+            return _fail(rule, found, f"the image runs as uid 0 (USER {image_user}): {FIX}")
+        return RuleOutcome(facts=found)
+    if name == "root":
+        return _fail(rule, found, f"the image runs as root (USER {image_user}): {FIX}")
+    if rule.require_numeric_user:
+        return _fail(
+            rule,
+            found,
+            f"the image runs as the named user {name!r}: with runAsNonRoot the kubelet refuses "
+            f'it ("image has non-numeric user ({name}), cannot verify user is non-root"); '
+            f"use its numeric uid instead, for example `USER 65532:65532`",
+        )
+    return RuleOutcome(facts=found)
+
+
+def _fail(rule: NonRootUserRule, found: dict[str, object], message: str) -> RuleOutcome:
+    return RuleOutcome([Violation(RULE, message, rule.severity)], found)

@@ -1,0 +1,1 @@
+"""Reading images from OCI registries and the local Docker engine, without pulling them."""
