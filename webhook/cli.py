@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ByteSize, TypeAdapter, ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from webhook import __version__
 from webhook.errors import ImagegateError, UsageError
@@ -76,7 +77,7 @@ def check(
         chosen = Platform.parse(wanted) if wanted else None
         results = asyncio.run(_check(settings, refs, policies, chosen))
     except ImagegateError as err:
-        stderr.print(f"[bold red]error:[/] {err}", highlight=False)
+        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
         raise typer.Exit(2) from None
     if output is CheckOutput.json:
         print(to_json(results))

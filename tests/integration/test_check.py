@@ -124,7 +124,7 @@ def test_exit_code_zero_when_all_pass_and_table_output(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout
-    assert "2/2 images pass" in proc.stdout
+    assert "2 of 2 images pass" in proc.stdout
 
 
 def test_violations_in_table_say_how_to_fix(

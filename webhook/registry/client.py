@@ -18,7 +18,7 @@ import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
@@ -159,6 +159,7 @@ class RegistryClient:
         )
         self._digests = DigestCache(settings.cache_bytes)
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=65536)
+        self._facts: LRUCache[tuple[str, str], ImageFacts] = LRUCache(maxsize=16384)
         self._tags = TagCache(settings.tag_ttl_seconds, timer=timer)
         self._negative: NegativeCache[FlightKey] = NegativeCache(
             settings.negative_ttl_seconds, timer=timer
@@ -259,7 +260,24 @@ class RegistryClient:
     async def inspect(
         self, ref: Reference, platform: Platform, keyring: Keyring | None = None
     ) -> ImageFacts:
-        """Everything the rules need, from the platform manifest and its config blob."""
+        """Everything the rules need, from the platform manifest and its config blob.
+
+        Facts derive from immutable content, so they are cached by (digest, platform): a warm
+        check costs no JSON parsing at all.
+        """
+        digest = ref.digest or (ref.tag and self._tags.get(ref.registry, ref.repository, ref.tag))
+        if digest:
+            known = self._facts.get((digest, str(platform)))
+            if known is not None:
+                self.stats.cache_hits += 1
+                return replace(known, reference=str(ref))
+        facts = await self._inspect(ref, platform, keyring)
+        self._facts[(facts.digest, str(platform))] = facts
+        return facts
+
+    async def _inspect(
+        self, ref: Reference, platform: Platform, keyring: Keyring | None
+    ) -> ImageFacts:
         kr = keyring if keyring is not None else self.keyring
         resolved = await self.resolve(ref, platform, kr)
         manifest = resolved.manifest

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -31,6 +32,12 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
+        """Parse like Docker; raises InvalidReference saying what is wrong. Memoised: the
+        webhook parses the same few references on every admission."""
+        return _parse(text)
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> Reference:
         original = text
         text = text.strip()
         if not text:
@@ -113,6 +120,11 @@ class Reference:
         if self.digest:
             out += f"@{self.digest}"
         return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> Reference:
+    return Reference._parse_uncached(text)
 
 
 def _split_domain(text: str, original: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -20,45 +21,54 @@ def to_json(results: Sequence[CheckResult]) -> str:
 
 
 def render_table(results: Sequence[CheckResult], console: Console) -> None:
-    table = Table(title="imagegate check", title_justify="left", show_lines=False)
-    for column in (
-        "Image",
-        "Verdict",
-        "Platform",
-        "Digest",
-        "Size",
-        "User",
-        "Base",
-        "Rules failed",
-    ):
-        table.add_column(column, overflow="fold")
+    """A summary row per image, then every violation (with its fix) grouped by image."""
+    table = Table(title_justify="left", expand=False)
+    table.add_column("Image", overflow="fold", ratio=3)
+    table.add_column("Verdict", no_wrap=True)
+    table.add_column("Size", justify="right", no_wrap=True)
+    table.add_column("User", overflow="fold")
+    table.add_column("Base (evidence)", overflow="fold", ratio=2)
+    table.add_column("Failed rules", overflow="fold", ratio=2)
     for r in results:
-        base = r.facts.get("base")
+        image = Text(r.image, style="bold")
+        if r.digest or r.platform:
+            image.append(f"\n{r.platform or ''} {_short(r.digest)}".rstrip(), style="dim")
         table.add_row(
-            r.image,
+            image,
             Text(r.verdict.upper(), style=VERDICT_STYLE[r.verdict]),
-            r.platform or "",
-            (r.digest or "")[:19],
-            human(r.facts["compressedSize"]) if "compressedSize" in r.facts else "",
-            r.facts.get("user", "") or ("(root)" if r.facts else ""),
-            f"{base['name']} ({base['evidence']})" if base else ("unknown" if r.facts else ""),
-            ", ".join(sorted({v.rule for v in r.violations})),
+            Text(human(r.facts["compressedSize"]) if "compressedSize" in r.facts else ""),
+            Text(_user(r)),
+            Text(_base(r)),
+            Text("\n".join(sorted({v.rule for v in r.violations}))),
         )
     console.print(table)
     for r in results:
+        if not (r.error or r.violations):
+            continue
+        console.print(Text(r.image, style="bold"))
         if r.error:
-            console.print(
-                Text.assemble(("error ", "bold yellow"), (r.image, "bold"), f": {r.error}")
-            )
+            console.print(Text.assemble("  ", ("! cannot inspect", "bold yellow")))
+            console.print(Padding(Text(r.error), (0, 0, 0, 4)))
         for v in r.violations:
-            console.print(
-                Text.assemble(
-                    ("✗ ", "red"),
-                    (r.image, "bold"),
-                    f" [{v.rule}, {v.severity}]",
-                    f" ({v.policy})" if v.policy else "",
-                    f": {v.message}",
-                )
-            )
+            where = f"{v.severity}, policy {v.policy}" if v.policy else str(v.severity)
+            console.print(Text.assemble("  ", ("✗ ", "red"), (v.rule, "bold"), f" ({where})"))
+            console.print(Padding(Text(v.message), (0, 0, 0, 4)))
     passed = sum(r.verdict == "pass" for r in results)
-    console.print(f"{passed}/{len(results)} images pass")
+    console.print(f"\n{passed} of {len(results)} images pass")
+
+
+def _short(digest: str | None) -> str:
+    return digest.removeprefix("sha256:")[:12] if digest else ""
+
+
+def _user(r: CheckResult) -> str:
+    if not r.facts:
+        return ""
+    return str(r.facts.get("user") or "(none: root)")
+
+
+def _base(r: CheckResult) -> str:
+    if not r.facts:
+        return ""
+    base = r.facts.get("base")
+    return f"{base['name']}\n({base['evidence']})" if base else "unknown"
