@@ -50,6 +50,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: engine lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
