@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from hack.registry import RegistryProcess
+from hack.registry import RegistryProcess, await_requests
+from tests.fixtures.images import DERIVED, push_copy
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.registry.client import RegistryClient
@@ -91,8 +92,6 @@ def test_every_fixture_gets_the_expected_verdict(
 
 
 def test_facts_match_the_images(fixture_images: dict[str, str], policy_file: Path) -> None:
-    from tests.fixtures.images import DERIVED
-
     refs = [fixture_images[n] for n in ("good", "unlabelled-derived", "root-script", "big")]
     by_image = results(run("check", *refs, "--policy", str(policy_file), "--output", "json"))
     base = fixture_images["base"]
@@ -183,9 +182,7 @@ def test_latest_is_refused(
     docker_client: Any, registry: RegistryProcess, policy_file: Path
 ) -> None:
     repo = f"{registry.host}/fixtures/latest-{uuid.uuid4().hex[:8]}"
-    docker_client.images.get("imagegate-fixture/good:1").tag(repo, "latest")
-    for line in docker_client.images.push(repo, tag="latest", stream=True, decode=True):
-        assert "error" not in line, line
+    push_copy(docker_client, "good", repo, "latest")
     by_image = results(run("check", repo, "--policy", str(policy_file), "--output", "json"))
     assert {v["rule"] for v in by_image[repo]["violations"]} == {"immutable-reference"}
 
@@ -266,9 +263,7 @@ def test_auth_registry_uses_docker_config_credentials(
     user, password = auth_registry.credentials or ("", "")
     docker_client.login(username=user, password=password, registry=auth_registry.host, reauth=True)
     repo = f"{auth_registry.host}/private/good"
-    docker_client.images.get("imagegate-fixture/good:1").tag(repo, "1")
-    for line in docker_client.images.push(repo, tag="1", stream=True, decode=True):
-        assert "error" not in line, line
+    push_copy(docker_client, "good", repo, "1")
     ref = f"{repo}:1"
 
     anonymous = tmp_path / "anonymous"
@@ -296,9 +291,7 @@ def test_concurrent_checks_of_one_uncached_image_fetch_once(
 ) -> None:
     repo_path = f"fixtures/once-{uuid.uuid4().hex[:8]}"
     repo = f"{registry.host}/{repo_path}"
-    docker_client.images.get("imagegate-fixture/tini:1").tag(repo, "1")
-    for line in docker_client.images.push(repo, tag="1", stream=True, decode=True):
-        assert "error" not in line, line
+    push_copy(docker_client, "tini", repo, "1")
     since = registry.log_offset()
     policy = ImagePolicy()
 
@@ -316,8 +309,6 @@ def test_concurrent_checks_of_one_uncached_image_fetch_once(
     verdicts = asyncio.run(fifty())
     assert len(verdicts) == 50
     assert "error" not in verdicts
-    from hack.registry import await_requests
-
     manifests = await_requests(
         registry.log_path, "GET", f"/v2/{repo_path}/manifests/", 1, status=200, since=since
     )

@@ -686,15 +686,19 @@ def _verify(body: bytes, ref: Reference, expected: str | None) -> str:
     return digest
 
 
-def _parse_manifest(ref: Reference, digest: str, body: bytes, content_type: str | None) -> Manifest:
+def _json_object(body: bytes, what: str, ref: Reference) -> dict[str, Any]:
+    """Parse a manifest or config; say which one and why when it is not a JSON object."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidImageData(
-            f"manifest for {ref} is not valid JSON: {exc}", reference=str(ref)
-        ) from exc
+        raise InvalidImageData(f"{what} is not valid JSON: {exc}", reference=str(ref)) from exc
     if not isinstance(data, dict):
-        raise InvalidImageData(f"manifest for {ref} is not a JSON object", reference=str(ref))
+        raise InvalidImageData(f"{what} is not a JSON object", reference=str(ref))
+    return data
+
+
+def _parse_manifest(ref: Reference, digest: str, body: bytes, content_type: str | None) -> Manifest:
+    data = _json_object(body, f"manifest for {ref}", ref)
     media_type = mt.normalize(content_type)
     known = mt.INDEX_TYPES | mt.MANIFEST_TYPES | mt.SCHEMA1_TYPES
     if media_type not in known:  # generic (application/json) or absent: trust the body
@@ -722,17 +726,7 @@ def _parse_manifest(ref: Reference, digest: str, body: bytes, content_type: str 
 
 
 def _parse_config(body: bytes, ref: Reference, digest: str) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidImageData(
-            f"image config {digest} of {ref} is not valid JSON: {exc}", reference=str(ref)
-        ) from exc
-    if not isinstance(data, dict):
-        raise InvalidImageData(
-            f"image config {digest} of {ref} is not a JSON object", reference=str(ref)
-        )
-    return data
+    return _json_object(body, f"image config {digest} of {ref}", ref)
 
 
 def _choose_entry(
