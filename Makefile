@@ -60,3 +60,6 @@ demo: engine venv
 
 bench: engine venv
 	$(VENV)/bin/python bench/bench_check.py
+
+# Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
+-include hack/make/*.mk

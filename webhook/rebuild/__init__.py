@@ -1,0 +1,1 @@
+"""Daemonless rebuilds of non-compliant images into compliant, immutable replacements."""
