@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from hack.registry import await_requests, start_registry  # noqa: E402
-from tests.fixtures.images import build_fixtures, push_copy  # noqa: E402
+from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
 from webhook.policy.checker import Checker  # noqa: E402
 from webhook.policy.model import ImagePolicy  # noqa: E402
 from webhook.registry.client import RegistryClient  # noqa: E402
@@ -79,7 +79,7 @@ def main() -> int:
             )
 
             repo_path = f"fixtures/bench-{uuid.uuid4().hex[:8]}"
-            push_copy(client, "good", f"{registry.host}/{repo_path}", "1")
+            push_unique(client, "good", f"{registry.host}/{repo_path}", "1")
             since = registry.log_offset()
             elapsed = asyncio.run(concurrent_cold(f"{registry.host}/{repo_path}:1", policy))
             manifests = await_requests(

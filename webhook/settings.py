@@ -6,6 +6,7 @@ No other module reads `os.environ`; they receive a `Settings` (or the part they 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,56 @@ class RegistrySettings(BaseSettings):
     )
 
 
+class WebhookSettings(BaseSettings):
+    """How `imagegate serve` admits objects."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_WEBHOOK_", extra="forbid")
+
+    request_budget_seconds: float = Field(
+        default=8.0,
+        gt=0,
+        description="Time one admission may take; keep it below the webhook timeoutSeconds (10).",
+    )
+    max_body_bytes: int = Field(
+        default=3 * 1024 * 1024, gt=0, description="Larger AdmissionReview bodies are refused."
+    )
+    exempt_namespaces: list[str] = Field(
+        default_factory=lambda: ["kube-system"],
+        description="Namespaces never checked (the webhook's own is added at start).",
+    )
+    opt_out_label: str = Field(
+        default="imagegate.dev/ignore",
+        description='Namespaces labelled with this key set to "true" are not checked.',
+    )
+    namespace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("IMAGEGATE_NAMESPACE", "namespace"),
+        description="The webhook's own namespace (from the downward API); exempt too.",
+    )
+    policy_refresh_seconds: float = Field(
+        default=5.0, gt=0, description="How often ImagePolicies are re-read from the cluster."
+    )
+    policy: Path | None = Field(
+        default=None, description="ImagePolicy file or directory (default: built-in default)."
+    )
+    policies_from_cluster: bool = Field(
+        default=False, description="Read ImagePolicy objects from the cluster instead of files."
+    )
+    replacements: Path | None = Field(
+        default=None, description="File of sourceDigest → replacement pairs to swap in."
+    )
+    kubernetes: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="auto: use the Kubernetes API when one is configured; off: never.",
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="Kubeconfig path; default in-cluster config, then KUBECONFIG."
+    )
+    cert_reload_seconds: float = Field(
+        default=5.0, gt=0, description="How often the TLS files are checked for rotation."
+    )
+
+
 class Settings(BaseSettings):
     """Top-level settings for every imagegate command."""
 
@@ -54,6 +105,7 @@ class Settings(BaseSettings):
     )
 
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     platform: str | None = Field(
         default=None, description="Platform to check (os/arch[/variant]); default: this machine."
     )

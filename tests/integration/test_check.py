@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hack.registry import RegistryProcess, await_requests
-from tests.fixtures.images import DERIVED, push_copy
+from tests.fixtures.images import DERIVED, push_copy, push_unique
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.registry.client import RegistryClient
@@ -291,7 +291,7 @@ def test_concurrent_checks_of_one_uncached_image_fetch_once(
 ) -> None:
     repo_path = f"fixtures/once-{uuid.uuid4().hex[:8]}"
     repo = f"{registry.host}/{repo_path}"
-    push_copy(docker_client, "tini", repo, "1")
+    push_unique(docker_client, "tini", repo, "1")
     since = registry.log_offset()
     policy = ImagePolicy()
 

@@ -82,7 +82,7 @@ def test_named_user_message_quotes_the_kubelet() -> None:
         ),
         pytest.param(
             "",
-            ContainerContext(command=["x"]),
+            ContainerContext(command=("x",)),
             False,
             "image",
             id="no-user-in-context-falls-back-to-image",

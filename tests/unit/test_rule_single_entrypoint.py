@@ -157,19 +157,19 @@ def test_image_entrypoints(
     [
         pytest.param(["/ep"], ["c"], None, ["/ep", "c"], id="image-only"),
         pytest.param(
-            ["/ep"], ["c"], ContainerContext(args=["a"]), ["/ep", "a"], id="args-replace-cmd"
+            ["/ep"], ["c"], ContainerContext(args=("a",)), ["/ep", "a"], id="args-replace-cmd"
         ),
         pytest.param(
-            ["/ep"], ["c"], ContainerContext(command=["/x"]), ["/x"], id="command-drops-cmd"
+            ["/ep"], ["c"], ContainerContext(command=("/x",)), ["/x"], id="command-drops-cmd"
         ),
         pytest.param(
             ["/ep"],
             ["c"],
-            ContainerContext(command=["/x"], args=["a"]),
+            ContainerContext(command=("/x",), args=("a",)),
             ["/x", "a"],
             id="command-and-args",
         ),
-        pytest.param(["/ep"], ["c"], ContainerContext(args=[]), ["/ep"], id="empty-args-clear-cmd"),
+        pytest.param(["/ep"], ["c"], ContainerContext(args=()), ["/ep"], id="empty-args-clear-cmd"),
     ],
 )
 def test_effective_argv(
@@ -180,7 +180,7 @@ def test_effective_argv(
 
 def test_pod_command_can_fix_a_shell_form_image() -> None:
     image = facts(entrypoint=None, cmd=["/bin/sh", "-c", "a & b"])
-    outcome = single_entrypoint.check(RULE, image, ContainerContext(command=["/app/a"]))
+    outcome = single_entrypoint.check(RULE, image, ContainerContext(command=("/app/a",)))
     assert not outcome.violations
 
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cachetools import TTLCache
+
 from webhook.errors import ImagegateError
 from webhook.policy.evaluate import evaluate
 from webhook.policy.model import ImagePolicy
@@ -71,12 +73,26 @@ def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Checker:
-    """Checks images against policies, inspecting each image (and approved base) once."""
+ResultKey = tuple[str, tuple[int, ...], str, ContainerContext | None]
 
-    def __init__(self, client: RegistryClient, concurrency: int = 16) -> None:
+
+class Checker:
+    """Checks images against policies, inspecting each image (and approved base) once.
+
+    Verdicts are cached for `result_ttl` seconds (the tag→digest TTL: within it the same tag
+    names the same content anyway), keyed by image, the policy objects, platform and container
+    context. This is what keeps a warm admission close to the cost of parsing the review.
+    """
+
+    def __init__(
+        self, client: RegistryClient, concurrency: int = 16, result_ttl: float = 30.0
+    ) -> None:
         self._client = client
         self._limit = asyncio.Semaphore(concurrency)
+        # Values hold the policies too, so their ids in the key cannot be reused while cached.
+        self._results: TTLCache[ResultKey, tuple[tuple[ImagePolicy, ...], CheckResult]] = TTLCache(
+            maxsize=65536, ttl=result_ttl
+        )
 
     async def check(
         self,
@@ -89,11 +105,54 @@ class Checker:
         namespace: str | None = None,
         namespace_labels: dict[str, str] | None = None,
     ) -> CheckResult:
+        applicable, chosen, known = self._lookup(
+            image, policies, platform, container, namespace, namespace_labels
+        )
+        if known is not None:
+            return known
+        result = await self._check(image, applicable, chosen, container, keyring)
+        if result.verdict != "error":  # errors have their own, shorter negative cache
+            key: ResultKey = (image, tuple(map(id, applicable)), str(chosen), container)
+            self._results[key] = (tuple(applicable), result)
+        return result
+
+    def cached(
+        self,
+        image: str,
+        policies: Iterable[ImagePolicy],
+        *,
+        container: ContainerContext | None = None,
+        namespace: str | None = None,
+        namespace_labels: dict[str, str] | None = None,
+    ) -> CheckResult | None:
+        """The verdict when it is known without any I/O (the webhook's fast path), else None."""
+        return self._lookup(image, policies, None, container, namespace, namespace_labels)[2]
+
+    def _lookup(
+        self,
+        image: str,
+        policies: Iterable[ImagePolicy],
+        platform: Platform | None,
+        container: ContainerContext | None,
+        namespace: str | None,
+        namespace_labels: dict[str, str] | None,
+    ) -> tuple[list[ImagePolicy], Platform, CheckResult | None]:
         applicable = [p for p in policies if p.applies_to(image, namespace, namespace_labels)]
-        names = [p.name for p in applicable]
-        if not applicable:
-            return CheckResult(image, "pass", policies=names)
         chosen = platform or _policy_platform(applicable) or Platform.host()
+        if not applicable:
+            return applicable, chosen, CheckResult(image, "pass")
+        cached = self._results.get((image, tuple(map(id, applicable)), str(chosen), container))
+        return applicable, chosen, cached[1] if cached is not None else None
+
+    async def _check(
+        self,
+        image: str,
+        applicable: list[ImagePolicy],
+        chosen: Platform,
+        container: ContainerContext | None,
+        keyring: Keyring | None,
+    ) -> CheckResult:
+        names = [p.name for p in applicable]
         try:
             async with self._limit:
                 facts = await inspect_image(image, chosen, self._client, keyring)

@@ -36,11 +36,12 @@ class RuleOutcome:
 class ContainerContext:
     """The parts of a Pod that change what runs: command/args and securityContext users.
 
-    None fields mean "not set in the pod spec", so the image's value applies.
+    None fields mean "not set in the pod spec", so the image's value applies. Hashable (tuples),
+    because check results are cached per container context.
     """
 
-    command: list[str] | None = None
-    args: list[str] | None = None
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
     run_as_user: int | None = None
     pod_run_as_user: int | None = None
     run_as_non_root: bool | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform as _platform
 from dataclasses import dataclass, field
 from typing import Literal
@@ -47,6 +48,10 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """The platform of this machine, as a node's kubelet would ask for it."""
+        return _host_platform()
+
+    @classmethod
+    def _read_host(cls) -> Platform:
         machine = _platform.machine().lower()
         arch = _MACHINE_TO_ARCH.get(machine, machine)
         variant = "v6" if machine == "armv6l" else None
@@ -63,6 +68,11 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@functools.cache
+def _host_platform() -> Platform:
+    return Platform._read_host()
 
 
 ImageSource = Literal["registry", "docker-daemon"]

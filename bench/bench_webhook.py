@@ -1,0 +1,137 @@
+"""`make bench`: imagegate's `/validate` against a bare FastAPI endpoint, side by side.
+
+Both run as one uvicorn worker (uvloop + httptools, HTTPS with the same certificate) on this
+2-core machine; wrk (one thread, so it leaves the other core to the server) sends the same
+realistic review, a Deployment with two containers, over 16 connections. Runs alternate (bare,
+imagegate, bare, imagegate …) so that noise from the shared machine hits both; the medians are
+compared. Warm caches: the review is answered once before measuring. Requirement: imagegate ≥
+0.7 × bare.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+import httpx  # noqa: E402
+
+from hack.registry import start_registry  # noqa: E402
+from tests.fixtures.images import build_fixtures  # noqa: E402
+from tests.integration.reviews import container, pod_spec, review  # noqa: E402
+from tests.integration.webhook_server import free_port, start_webhook  # noqa: E402
+
+SECONDS = 8
+ROUNDS = 5
+CONNECTIONS = 16
+REQUIRED_RATIO = 0.7
+
+
+def wrk(url: str, body: Path) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency in ms."""
+    script = body.with_suffix(".lua")
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, _latency(out, "50%"), _latency(out, "99%")
+
+
+def _latency(out: str, pct: str) -> float:
+    value, unit = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: run hack/install-deps.sh", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
+        state = Path(tmp)
+        registry = start_registry(state / "registry")
+        try:
+            refs = build_fixtures(docker.from_env(timeout=300), registry.host)
+            (state / "policy.yaml").write_text(
+                "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: bench}\n"
+                f"spec:\n  rules:\n    allowedBases: {{references: ['{refs['base']}']}}\n"
+            )
+            body = state / "review.json"
+            spec = pod_spec(container("app", refs["good"]), container("sidecar", refs["tini"]))
+            body.write_text(json.dumps(review("Deployment", spec)))
+            gate = start_webhook(state, ["--policy", str(state / "policy.yaml")])
+            bare_port = free_port()
+            bare = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "bench.bare_app:app",
+                 "--port", str(bare_port), "--loop", "uvloop", "--http", "httptools",
+                 "--no-access-log", "--log-level", "warning",
+                 "--ssl-certfile", str(state / "tls/tls.crt"),
+                 "--ssl-keyfile", str(state / "tls/tls.key")],
+                cwd=ROOT,
+            )  # fmt: skip
+            try:
+                with gate.client() as http:  # warm the caches, and prove the verdict is real
+                    answer = http.post("/validate", content=body.read_bytes()).json()
+                    assert answer["response"]["allowed"] is True, answer
+                bare_url = f"https://127.0.0.1:{bare_port}/validate"
+                _wait(bare_url, gate.ca)
+                bare_runs, gate_runs = [], []
+                for _ in range(ROUNDS):
+                    bare_runs.append(wrk(bare_url, body))
+                    gate_runs.append(wrk(f"{gate.url}/validate", body))
+            finally:
+                bare.terminate()
+                gate.stop()
+        finally:
+            registry.stop()
+    ratio = _median([r[0] for r in gate_runs]) / _median([r[0] for r in bare_runs])
+    for name, runs in (("bare FastAPI", bare_runs), ("imagegate /validate", gate_runs)):
+        rps, p50, p99 = (_median([r[i] for r in runs]) for i in range(3))
+        print(
+            f"{name:22} {rps:8,.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms  (median of "
+            f"{', '.join(f'{r[0]:,.0f}' for r in runs)})"
+        )
+    print(
+        f"ratio imagegate/bare: {ratio:.2f} (required ≥ {REQUIRED_RATIO}; {ROUNDS} alternating "
+        f"rounds of {SECONDS}s, {CONNECTIONS} connections, 1 worker each)"
+    )
+    return 0 if ratio >= REQUIRED_RATIO else 1
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _wait(url: str, ca: Path) -> None:
+    import ssl
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(
+                url.replace("/validate", "/docs"), verify=ssl.create_default_context(cafile=str(ca))
+            )
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+{{/* Chart name, truncated to 63 characters (a DNS label). */}}
+{{- define "imagegate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified release name: <release>-imagegate, or the release name when it says imagegate. */}}
+{{- define "imagegate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "imagegate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "imagegate.labels" -}}
+helm.sh/chart: {{ include "imagegate.chart" . }}
+app.kubernetes.io/name: {{ include "imagegate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: imagegate
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels for one component (webhook or operator): pass (dict "ctx" $ "component" "webhook"). */}}
+{{- define "imagegate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imagegate.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "imagegate.componentLabels" -}}
+{{ include "imagegate.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "imagegate.webhook.fullname" -}}
+{{- printf "%s-webhook" (include "imagegate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "imagegate.operator.fullname" -}}
+{{- printf "%s-operator" (include "imagegate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "imagegate.webhook.serviceAccountName" -}}
+{{- if .Values.webhook.serviceAccount.create -}}
+{{- default (include "imagegate.webhook.fullname" .) .Values.webhook.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.webhook.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "imagegate.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "imagegate.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TLS Secret the webhook serves with (made by the chart or by cert-manager). */}}
+{{- define "imagegate.webhook.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "imagegate.webhook.fullname" .)) .Values.webhook.tls.secretName -}}
+{{- end -}}
+
+{{- define "imagegate.webhook.certificateName" -}}
+{{- printf "%s-tls" (include "imagegate.webhook.fullname" .) -}}
+{{- end -}}
+
+{{/* True (non-empty) when the webhook is served outside the cluster (url mode). */}}
+{{- define "imagegate.webhook.external" -}}
+{{- if .Values.webhook.external.url -}}true{{- end -}}
+{{- end -}}
+
+{{/* DNS names the serving certificate must carry for the in-cluster Service. */}}
+{{- define "imagegate.webhook.dnsNames" -}}
+{{- $svc := include "imagegate.webhook.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson -}}
+{{- end -}}
+
+{{/* image reference: registry/repository:tag or @digest (digest wins). */}}
+{{- define "imagegate.image" -}}
+{{- $repo := .Values.image.repository -}}
+{{- if .Values.image.registry -}}
+{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod anti-affinity by component: soft, hard or none. Pass (dict "ctx" $ "component" "webhook" "mode" "soft"). */}}
+{{- define "imagegate.antiAffinity" -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "imagegate.selectorLabels" (dict "ctx" .ctx "component" .component) | fromYaml)) -}}
+{{- if eq .mode "hard" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - {{ toYaml $term | nindent 6 | trim }}
+{{- else if eq .mode "soft" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""The admission webhook: FastAPI app, AdmissionReview models, validate and mutate."""

@@ -1,0 +1,195 @@
+"""Everything imagegate reads from the Kubernetes API, behind one small interface.
+
+The webhook needs namespace labels (policy selectors, the opt-out label), pull secrets (a Pod's
+and its ServiceAccount's `imagePullSecrets`), ImagePolicies and ImageRebuilds. The `kubernetes`
+client is synchronous, so calls run in a thread; answers are cached for a few seconds because
+every admission asks the same questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from cachetools import TTLCache
+
+from webhook.errors import ImagegateError
+from webhook.singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+GROUP = "imagegate.dev"
+VERSION = "v1alpha1"
+DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
+DOCKERCFG = "kubernetes.io/dockercfg"
+
+
+class ClusterError(ImagegateError):
+    """The Kubernetes API could not answer (unreachable, forbidden, not found)."""
+
+    http_status = 502
+
+
+@dataclass(frozen=True)
+class PullSecret:
+    """A pull secret's docker config payload, with where it came from (for messages)."""
+
+    namespace: str
+    name: str
+    payload: bytes
+    legacy: bool = False
+
+
+class ClusterReader(Protocol):
+    async def namespace_labels(self, namespace: str) -> dict[str, str]: ...
+
+    async def service_account_pull_secret_names(
+        self, namespace: str, service_account: str
+    ) -> list[str]: ...
+
+    async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]: ...
+
+    async def list_objects(self, plural: str) -> list[dict[str, Any]]: ...
+
+
+class NoCluster:
+    """Used when imagegate runs without a Kubernetes API (tests, `serve` on a laptop)."""
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        return {}
+
+    async def service_account_pull_secret_names(
+        self, namespace: str, service_account: str
+    ) -> list[str]:
+        return []
+
+    async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]:
+        return []
+
+    async def list_objects(self, plural: str) -> list[dict[str, Any]]:
+        return []
+
+
+class KubernetesCluster:
+    """ClusterReader on the `kubernetes` client, from in-cluster config or a kubeconfig."""
+
+    def __init__(self, api_client: Any, cache_seconds: float = 10.0) -> None:
+        from kubernetes import client as k8s
+
+        self._core = k8s.CoreV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self._api_client = api_client
+        self._cache: TTLCache[tuple[str, ...], Any] = TTLCache(maxsize=4096, ttl=cache_seconds)
+        self._flights: SingleFlight[tuple[str, ...]] = SingleFlight()
+
+    @classmethod
+    def connect(
+        cls, kubeconfig: str | None = None, cache_seconds: float = 10.0
+    ) -> KubernetesCluster:
+        """In-cluster config when running in a Pod, else the kubeconfig (KUBECONFIG/~/.kube)."""
+        from kubernetes import client as k8s
+        from kubernetes import config
+
+        configuration = k8s.Configuration()
+        try:
+            if kubeconfig is None:
+                try:
+                    config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                except config.ConfigException:
+                    config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            else:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, client_configuration=configuration
+                )
+        except (config.ConfigException, OSError) as err:
+            raise ClusterError(f"cannot configure the Kubernetes client: {err}") from None
+        return cls(k8s.ApiClient(configuration), cache_seconds)
+
+    def close(self) -> None:
+        self._api_client.close()
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        def read() -> dict[str, str]:
+            ns = self._core.read_namespace(namespace)
+            return dict((ns.metadata.labels if ns.metadata else None) or {})
+
+        return await self._cached(("ns", namespace), read, f"namespace {namespace}")
+
+    async def service_account_pull_secret_names(
+        self, namespace: str, service_account: str
+    ) -> list[str]:
+        def read() -> list[str]:
+            sa = self._core.read_namespaced_service_account(service_account, namespace)
+            return [ref.name for ref in (sa.image_pull_secrets or []) if ref.name]
+
+        where = f"serviceaccount {namespace}/{service_account}"
+        return await self._cached(("sa", namespace, service_account), read, where)
+
+    async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]:
+        found: list[PullSecret] = []
+        for name in names:
+            secret = await self._pull_secret(namespace, name)
+            if secret is not None:
+                found.append(secret)
+        return found
+
+    async def _pull_secret(self, namespace: str, name: str) -> PullSecret | None:
+        def read() -> PullSecret | None:
+            secret = self._core.read_namespaced_secret(name, namespace)
+            data = secret.data or {}
+            if secret.type == DOCKERCONFIGJSON and ".dockerconfigjson" in data:
+                payload = base64.b64decode(data[".dockerconfigjson"])
+                return PullSecret(namespace, name, payload)
+            if secret.type == DOCKERCFG and ".dockercfg" in data:
+                return PullSecret(namespace, name, base64.b64decode(data[".dockercfg"]), True)
+            log.warning(
+                "pull secret is not a docker config",
+                extra={"secret": f"{namespace}/{name}", "type": secret.type},
+            )
+            return None
+
+        try:
+            return await self._cached(
+                ("secret", namespace, name), read, f"secret {namespace}/{name}"
+            )
+        except ClusterError as err:
+            # The kubelet ignores a missing pull secret too; say so in the logs and go on.
+            log.warning("pull secret unavailable", extra={"error": str(err)})
+            return None
+
+    async def list_objects(self, plural: str) -> list[dict[str, Any]]:
+        """Every imagegate.dev object of a kind (cluster-scoped, or in all namespaces)."""
+
+        def read() -> list[dict[str, Any]]:
+            answer: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            return list(answer.get("items", []))
+
+        return await self._call(read, f"{plural}.{GROUP}")
+
+    async def _cached(self, key: tuple[str, ...], read: Callable[[], T], what: str) -> T:
+        if key in self._cache:
+            value: T = self._cache[key]
+            return value
+
+        async def fetch() -> T:
+            fresh = await self._call(read, what)
+            self._cache[key] = fresh
+            return fresh
+
+        return await self._flights.do(key, fetch)
+
+    async def _call(self, read: Callable[[], T], what: str) -> T:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.to_thread(read)
+        except ApiException as err:
+            raise ClusterError(f"cannot read {what}: {err.status} {err.reason}") from None
+        except (HTTPError, OSError) as err:
+            raise ClusterError(f"cannot reach the Kubernetes API to read {what}: {err}") from None
