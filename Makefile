@@ -60,6 +60,7 @@ demo: engine venv
 
 bench: engine venv
 	$(VENV)/bin/python bench/bench_check.py
+	$(VENV)/bin/python bench/bench_webhook.py
 
 # Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
 -include hack/make/*.mk

@@ -23,6 +23,15 @@ class RegistrySettings(BaseSettings):
         default_factory=list,
         description="Registries spoken to over plain HTTP besides loopback ones (host[:port]).",
     )
+    mirrors: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Registry host → host[:port] to connect to instead, as containerd's hosts.toml "
+            'does: {"localhost:5001": "kind-registry:5000"} lets a webhook in a kind cluster '
+            "read images that nodes pull from the local registry. Plain HTTP when the original "
+            "registry is loopback or insecure."
+        ),
+    )
     docker_config: Path | None = Field(
         default=None,
         validation_alias=AliasChoices(

@@ -256,6 +256,17 @@ async def test_inspect_reads_manifest_and_config(
     assert facts.source == "registry"
 
 
+async def test_mirror_endpoint_serves_a_registry_name(registry: FakeRegistry) -> None:
+    """A webhook in kind reads `localhost:5001/...` from the registry container's own name."""
+    digest, _ = registry.add_image()
+    settings = make_settings(mirrors={"localhost:5001": registry.host})
+    async with RegistryClient(settings, keyring=Keyring.empty()) as client:
+        facts = await client.inspect(Reference.parse("localhost:5001/app:1"), AMD64)
+    assert facts.digest == digest
+    assert facts.reference == "localhost:5001/app:1"
+    assert registry.count("/v2/app/manifests/1") == 1
+
+
 async def test_tag_and_digest_caches_avoid_requests(
     registry: FakeRegistry, client: RegistryClient
 ) -> None:

@@ -449,8 +449,9 @@ class RegistryClient:
         blob: str | None = None,
     ) -> _Reply:
         """GET with auth: cached token first, then answer one 401 challenge and retry once."""
-        host = ref.api_host
-        url = f"{self._base_url(host)}/v2/{ref.repository}/{path}"
+        host = self.settings.mirrors.get(ref.registry, ref.api_host)
+        plain = self.uses_plain_http(ref.registry) or self.uses_plain_http(host)
+        url = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}/{path}"
         scope = pull_scope(ref.repository)
         token_key = (host, scope, keyring.fingerprint(ref.registry))
         authorization = self._tokens.get(token_key)
@@ -654,9 +655,6 @@ class RegistryClient:
                 return _Reply(response.status_code, response.headers, b"".join(chunks))
             finally:
                 await response.aclose()
-
-    def _base_url(self, host: str) -> str:
-        return f"{'http' if self.uses_plain_http(host) else 'https'}://{host}"
 
 
 # ---- helpers -------------------------------------------------------------------------------
