@@ -52,8 +52,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The pinned kube-apiserver, etcd and helm (hack/tools) are built on first use (cached).
 test: engine lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
+	eval "$$(hack/tools-env.sh)" && $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
 
 demo: engine venv
 	$(VENV)/bin/python hack/demo.py
