@@ -560,7 +560,9 @@ class Cluster:
 
     def _create_if_missing(self, kind: str, name: str, *extra: str) -> None:
         result = self.kubectl("create", kind, name, *extra, check=False)
-        if result.returncode != 0 and "AlreadyExists" not in result.stderr:
+        if result.returncode != 0 and "already exists" not in result.stderr.lower().replace(
+            "alreadyexists", "already exists"
+        ):
             raise ClusterError(f"kubectl create {kind} {name}: {result.stderr.strip()}")
 
     def readyz(self, timeout: float = 2.0) -> tuple[bool, str]:

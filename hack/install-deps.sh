@@ -8,7 +8,7 @@
 # install and exits 0 (the tests then skip, or fail under CI=true).
 set -euo pipefail
 
-PACKAGES=(docker.io docker-registry skopeo busybox-static apache2-utils wrk debootstrap)
+PACKAGES=(docker.io docker-registry skopeo busybox-static apache2-utils wrk debootstrap chromium)
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
 

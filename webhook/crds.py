@@ -73,22 +73,6 @@ _KEEP: Final = frozenset(
         "nullable",
     }
 )
-# Value validations allowed inside anyOf branches of an int-or-string node.
-_BRANCH_KEEP: Final = frozenset(
-    {
-        "type",
-        "format",
-        "maximum",
-        "minimum",
-        "exclusiveMaximum",
-        "exclusiveMinimum",
-        "maxLength",
-        "minLength",
-        "pattern",
-        "multipleOf",
-        "enum",
-    }
-)
 _ROOT_OWNED: Final = ("apiVersion", "kind", "metadata")
 
 
@@ -212,10 +196,16 @@ def _int_or_string(
         raise SchemaConversionError(
             f"{path}: x-kubernetes-int-or-string needs anyOf [integer, string], got {kinds}"
         )
+    # A structural schema allows exactly `anyOf: [{type: integer}, {type: string}]` here; any
+    # other keyword in a branch (pattern, minimum) makes the API server refuse the CRD. The
+    # value's format is checked by the model when the policy is loaded.
     result: dict[str, Any] = {
         "x-kubernetes-int-or-string": True,
-        "anyOf": [{k: b[k] for k in sorted(b) if k in _BRANCH_KEEP} for b in branches],
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
     }
+    patterns = {b["pattern"] for b in branches if "pattern" in b}
+    if len(patterns) == 1:  # on the node itself a pattern is allowed (it ignores integers)
+        result["pattern"] = patterns.pop()
     for key in ("description", "default"):
         if node.get(key) is not None:
             result[key] = node[key]

@@ -94,3 +94,17 @@ class PlatformNotFound(InspectionError):
 
 class DaemonError(InspectionError):
     """The local Docker engine could not be asked about a `docker-daemon:` image."""
+
+
+class RebuildError(ImagegateError):
+    """A rebuild could not be completed (a tag conflict, a layer we cannot read, …).
+
+    Registry trouble during a rebuild raises the `RegistryError` family instead, so callers can
+    retry those; a `RebuildError` is about the image or the request and will not heal by itself.
+    """
+
+    http_status = 422
+
+
+class Unfixable(RebuildError):
+    """The image cannot be made compliant automatically; the message says why and what to do."""

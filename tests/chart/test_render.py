@@ -346,7 +346,7 @@ def test_url_mode_calls_the_external_url_and_no_service(render: Render) -> None:
         ),
         pytest.param(
             ["webhook.external.url=http://10.0.0.1:8443", "webhook.external.caBundle=eA=="],
-            "webhook.external.url",
+            "/webhook/external/url",
             id="plain-http-url",
         ),
     ],

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from webhook.admission.tls import CertFiles
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -50,20 +52,34 @@ class WebhookServer:
 
 
 def start_webhook(
-    directory: Path, args: list[str], env: dict[str, str] | None = None
+    directory: Path,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    certs: CertFiles | None = None,
+    port: int | None = None,
 ) -> WebhookServer:
-    """Start `imagegate serve --self-signed` on a free port and wait for /healthz."""
-    port = free_port()
+    """Start `imagegate serve` on 127.0.0.1 and wait for /healthz.
+
+    Without `certs` the server makes its own (`--self-signed`); without a Kubernetes API
+    (`IMAGEGATE_WEBHOOK_KUBERNETES=off` unless `env` says otherwise).
+    """
+    port = port or free_port()
     log = directory / "serve.log"
     environment = {**os.environ, "IMAGEGATE_WEBHOOK_KUBERNETES": "off", **(env or {})}
-    with log.open("wb") as out:
+    if certs is None:
+        tls = ["--self-signed", "--san", "127.0.0.1", "--cert-dir", str(directory / "tls")]
+        ca = directory / "tls" / "ca.crt"
+    else:
+        assert certs.ca is not None
+        tls, ca = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)], certs.ca
+    with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", "--self-signed", "--san", "127.0.0.1",
-             "--cert-dir", str(directory / "tls"), "--host", "127.0.0.1", "--port", str(port),
-             *args],
+            [sys.executable, "-m", "webhook", "serve", *tls,
+             "--host", "127.0.0.1", "--port", str(port), *args],
             stdout=out, stderr=subprocess.STDOUT, env=environment,
         )  # fmt: skip
-    server = WebhookServer(f"https://127.0.0.1:{port}", directory / "tls" / "ca.crt", log, process)
+    server = WebhookServer(f"https://127.0.0.1:{port}", ca, log, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

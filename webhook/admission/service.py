@@ -219,10 +219,9 @@ class AdmissionService:
             names += await self._cluster.service_account_pull_secret_names(
                 scope.namespace, scope.template.service_account
             )
-            secrets = await self._cluster.pull_secrets(scope.namespace, list(dict.fromkeys(names)))
-        except ImagegateError as err:
-            log.warning("pull secrets unavailable", extra={"error": str(err)})
-            return self._base_keyring
+        except ImagegateError as err:  # the pod's own secrets still count
+            log.warning("service account pull secrets unavailable", extra={"error": str(err)})
+        secrets = await self._cluster.pull_secrets(scope.namespace, list(dict.fromkeys(names)))
         keyring = self._base_keyring
         for secret in reversed(secrets):
             source = f"pull secret {secret.namespace}/{secret.name}"

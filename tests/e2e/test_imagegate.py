@@ -1,0 +1,329 @@
+"""imagegate against a real API server: the chart installed with helm, the webhook called by it.
+
+No kubelet runs here, so the webhook is `imagegate serve` on the host and the chart's webhook
+configurations use `url` mode. The webhook reads the cluster with the chart's own webhook
+ServiceAccount token, which proves the chart's RBAC is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hack.cluster import Cluster
+from hack.registry import RegistryProcess
+from tests.chart.conftest import find_helm
+from tests.conftest import missing_part
+from tests.fixtures.images import push_copy
+from tests.integration.webhook_server import WebhookServer, free_port, start_webhook
+from webhook.admission.tls import self_signed
+
+pytestmark = pytest.mark.integration
+
+RELEASE = "imagegate"
+SYSTEM = "imagegate-system"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
+AUDIT_LABEL = "e2e.imagegate.dev/mode"
+
+
+@dataclass
+class Install:
+    cluster: Cluster
+    helm: str
+    values: Path
+    webhook: WebhookServer
+    restart: Any
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(*args, check=check, input=stdin)
+
+    def apply(self, manifest: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", *extra, check=False, stdin=yaml.safe_dump(manifest))
+
+    def run_helm(self, *args: str) -> None:
+        run_helm(self.helm, self.cluster, *args)
+
+
+def run_helm(helm: str, cluster: Cluster, *args: str) -> None:
+    done = subprocess.run(
+        [helm, *args, "--kubeconfig", str(cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"helm {' '.join(args[:2])} failed:\n{done.stderr}", pytrace=False)
+
+
+def pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": image}], **spec},
+    }
+
+
+def deployment(name: str, image: str) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def installed(
+    cluster: Cluster,
+    fixture_images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Install]:
+    helm = find_helm()
+    if helm is None:
+        missing_part("no helm binary: run hack/build-tools.sh")
+    directory = tmp_path_factory.mktemp("e2e-webhook")
+    certs = self_signed(["127.0.0.1"], directory / "tls")
+    port = free_port()
+    values = directory / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "webhook": {
+                    "external": {"url": f"https://127.0.0.1:{port}", "caBundle": certs.ca_bundle()},
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 10,
+                },
+                "operator": {"enabled": False},
+                "policyReports": {"installCRDs": True},
+                "policy": {
+                    "spec": {
+                        "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+                        "rules": {
+                            "allowedBases": {"references": [fixture_images["base"]]},
+                            "sizeBudget": {"maxCompressedSize": "2MB"},
+                        },
+                    }
+                },
+            }
+        )
+    )
+    run_helm(
+        helm, cluster, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace",
+        "--values", str(values),
+    )  # fmt: skip
+    account = cluster.kubectl(
+        "get", "serviceaccounts", "-n", SYSTEM, "-l", "app.kubernetes.io/component=webhook",
+        "-o", "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()  # fmt: skip
+    kubeconfig = cluster.serviceaccount_kubeconfig(SYSTEM, account)
+    empty_docker_config = directory / "docker"
+    empty_docker_config.mkdir()
+    (empty_docker_config / "config.json").write_text("{}")
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "IMAGEGATE_WEBHOOK_KUBERNETES": "required",
+        "IMAGEGATE_NAMESPACE": SYSTEM,
+        "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "0.5",
+        "DOCKER_CONFIG": str(empty_docker_config),  # only pull secrets may open private images
+    }
+
+    def start() -> WebhookServer:
+        server = start_webhook(directory, ["--policies-from-cluster"], env, certs=certs, port=port)
+        _wait_ready(server)
+        return server
+
+    install = Install(cluster, helm, values, start(), start)
+    yield install
+    install.webhook.stop()
+
+
+def _wait_ready(server: WebhookServer) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with server.client() as http:
+            if http.get("/readyz").status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the webhook never became ready:\n{server.logs()}")
+
+
+def test_the_chart_is_accepted_by_a_real_api_server(installed: Install) -> None:
+    crds = installed.kubectl("get", "crds", "-o", "name").stdout
+    assert "customresourcedefinition.apiextensions.k8s.io/imagepolicies.imagegate.dev" in crds
+    assert "customresourcedefinition.apiextensions.k8s.io/imagerebuilds.imagegate.dev" in crds
+    assert "customresourcedefinition.apiextensions.k8s.io/policyreports.wgpolicyk8s.io" in crds
+    policy = json.loads(installed.kubectl("get", "imagepolicy", "default", "-o", "json").stdout)
+    assert policy["spec"]["mode"] == "enforce"
+    hooks = json.loads(
+        installed.kubectl("get", "validatingwebhookconfigurations", "-o", "json").stdout
+    )
+    urls = [w["clientConfig"]["url"] for item in hooks["items"] for w in item["webhooks"]]
+    assert urls == [f"{installed.webhook.url}/validate"]
+    with installed.webhook.client() as http:
+        assert http.get("/readyz").json()["policies"] == ["default"]
+
+
+@pytest.mark.parametrize("make", [pod, deployment], ids=["pod", "deployment"])
+def test_a_root_image_is_denied_with_the_fix(
+    installed: Install, namespace: str, fixture_images: dict[str, str], make: Any
+) -> None:
+    answer = installed.apply(make("root", fixture_images["root-script"]), "-n", namespace)
+    assert answer.returncode != 0
+    assert 'admission webhook "validate.imagegate.dev" denied the request' in answer.stderr
+    assert "non-root-user" in answer.stderr
+    assert "USER 65532:65532" in answer.stderr
+    kind = make.__name__
+    assert installed.kubectl("get", kind, "root", "-n", namespace, check=False).returncode != 0
+
+
+def test_a_good_image_is_stored_pinned_to_the_checked_digest(
+    installed: Install, namespace: str, fixture_images: dict[str, str]
+) -> None:
+    good = fixture_images["good"]
+    answer = installed.apply(pod("good", good), "-n", namespace)
+    assert answer.returncode == 0, answer.stderr
+    stored = json.loads(
+        installed.kubectl("get", "pod", "good", "-n", namespace, "-o", "json").stdout
+    )
+    image = stored["spec"]["containers"][0]["image"]
+    assert image.startswith(f"{good}@sha256:")
+    record = json.loads(stored["metadata"]["annotations"]["imagegate.dev/mutations"])
+    assert record[0]["why"] == "pinned"
+
+
+def test_server_side_dry_run_has_no_side_effects(
+    installed: Install, namespace: str, fixture_images: dict[str, str]
+) -> None:
+    denied = installed.apply(
+        pod("dry-bad", fixture_images["zero"]), "-n", namespace, "--dry-run=server"
+    )
+    assert denied.returncode != 0
+    assert "non-root-user" in denied.stderr
+    admitted = installed.apply(
+        pod("dry-good", fixture_images["good"]), "-n", namespace, "--dry-run=server"
+    )
+    assert admitted.returncode == 0, admitted.stderr
+    assert installed.kubectl("get", "pod", "dry-good", "-n", namespace, check=False).returncode != 0
+    assert f"Pod {namespace}/dry-bad" not in _audit_subjects(installed.webhook)
+
+
+def test_audit_mode_admits_and_kubectl_prints_the_warnings(
+    installed: Install, fixture_images: dict[str, str]
+) -> None:
+    namespace = f"audit-{uuid.uuid4().hex[:6]}"
+    installed.kubectl("create", "namespace", namespace)
+    installed.kubectl("label", "namespace", namespace, f"{AUDIT_LABEL}=audit")
+    audit_policy = {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImagePolicy",
+        "metadata": {"name": f"audit-{namespace}"},
+        "spec": {
+            "mode": "audit",
+            "match": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+            "rules": {"allowedBases": {"references": [fixture_images["base"]]}},
+        },
+    }
+    assert installed.apply(audit_policy).returncode == 0
+    _wait_for_policy(installed.webhook, audit_policy["metadata"]["name"])
+    answer = installed.apply(deployment("legacy", fixture_images["root-script"]), "-n", namespace)
+    assert answer.returncode == 0, answer.stderr
+    assert "Warning: imagegate (audit): container app: non-root-user:" in answer.stderr
+    assert installed.kubectl("get", "deployment", "legacy", "-n", namespace).returncode == 0
+    assert f"Deployment {namespace}/legacy" in _audit_subjects(installed.webhook)
+
+
+def test_pull_secrets_of_the_pod_and_its_service_account_open_private_images(
+    installed: Install,
+    namespace: str,
+    docker_client: Any,
+    auth_registry: RegistryProcess,
+) -> None:
+    user, password = auth_registry.credentials or ("", "")
+    docker_client.login(username=user, password=password, registry=auth_registry.host, reauth=True)
+    repo = f"{auth_registry.host}/private/e2e"
+    push_copy(docker_client, "good", repo, "1")
+    image = f"{repo}:1"
+    installed.kubectl(
+        "create", "secret", "docker-registry", "regcred", "-n", namespace,
+        f"--docker-server={auth_registry.host}", f"--docker-username={user}",
+        f"--docker-password={password}",
+    )  # fmt: skip
+
+    without = installed.apply(pod("nocreds", image), "-n", namespace)
+    assert without.returncode != 0
+    assert "onError: deny" in without.stderr
+    assert "credentials" in without.stderr
+
+    with_secret = installed.apply(
+        pod("podsecret", image, imagePullSecrets=[{"name": "regcred"}]), "-n", namespace
+    )
+    assert with_secret.returncode == 0, with_secret.stderr
+
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "puller"},
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    assert installed.apply(account, "-n", namespace).returncode == 0
+    via_account = installed.apply(
+        pod("sasecret", image, serviceAccountName="puller"), "-n", namespace
+    )
+    assert via_account.returncode == 0, via_account.stderr
+
+
+def test_with_the_webhook_down_failure_policy_decides(
+    installed: Install, namespace: str, fixture_images: dict[str, str]
+) -> None:
+    installed.webhook.stop()
+    try:
+        refused = installed.apply(pod("down", fixture_images["good"]), "-n", namespace)
+        assert refused.returncode != 0
+        assert "failed calling webhook" in refused.stderr
+        installed.run_helm(
+            "upgrade", RELEASE, str(CHART), "--namespace", SYSTEM,
+            "--values", str(installed.values), "--set", "webhook.failurePolicy=Ignore",
+        )  # fmt: skip
+        admitted = installed.apply(pod("down", fixture_images["root-script"]), "-n", namespace)
+        assert admitted.returncode == 0, admitted.stderr
+    finally:
+        installed.run_helm(
+            "upgrade", RELEASE, str(CHART), "--namespace", SYSTEM, "--values", str(installed.values)
+        )
+        installed.webhook = installed.restart()
+
+
+def _audit_subjects(server: WebhookServer) -> set[str]:
+    subjects = set()
+    for line in server.logs().splitlines():
+        if line.startswith("{") and "admission audit record" in line:
+            subjects.add(json.loads(line)["subject"])
+    return subjects
+
+
+def _wait_for_policy(server: WebhookServer, name: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with server.client() as http:
+            if name in http.get("/readyz").json().get("policies", []):
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the webhook never loaded ImagePolicy {name}")

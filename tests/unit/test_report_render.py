@@ -1,0 +1,164 @@
+"""`imagegate report` outputs. JSON and Markdown are golden files in tests/golden/report/.
+
+Regenerate the golden files after an intended change with
+
+    IMAGEGATE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_report_*.py
+
+and review the diff: it is what users (and PR comments) will see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from webhook.errors import UsageError
+from webhook.report.render import render, render_json, render_markdown, render_table
+from webhook.report.render_html import render_html
+from webhook.report.sources import Report, ReportRow, report_from_file
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report"
+NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
+UPDATE = os.environ.get("IMAGEGATE_UPDATE_GOLDEN", "") not in ("", "0")
+SOURCES = {"cluster": "policyreports.json", "check": "check-output.json"}
+
+
+def report(source: str) -> Report:
+    loaded = report_from_file(GOLDEN / SOURCES[source], NOW)
+    # the source is a path; keep golden files independent of where the checkout lives
+    return Report(loaded.rows, SOURCES[source], loaded.generated, loaded.workloads)
+
+
+def assert_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} missing: run with IMAGEGATE_UPDATE_GOLDEN=1"
+    assert path.read_text(encoding="utf-8") == text, (
+        f"{name} differs from the golden file: run with IMAGEGATE_UPDATE_GOLDEN=1 and review"
+    )
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_json_golden(source: str) -> None:
+    assert_golden(f"{source}.report.json", render_json(report(source)))
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_markdown_golden(source: str) -> None:
+    assert_golden(f"{source}.report.md", render_markdown(report(source)))
+
+
+def test_json_is_stable_and_sorted() -> None:
+    text = render_json(report("cluster"))
+    doc = json.loads(text)
+    assert text == json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    assert doc["summary"] == {
+        "pass": 37,
+        "fail": 8,
+        "warn": 0,
+        "error": 1,
+        "skip": 0,
+        "compliance": 0.8043,
+    }
+    assert doc["byNamespace"]["monitoring"]["compliance"] == 1.0
+    assert doc["topOffenders"][0].startswith("localhost:5001/shop/cart:1.9@")
+
+
+def test_check_output_groups_by_image() -> None:
+    doc = json.loads(render_json(report("check")))
+    assert "byImage" in doc
+    assert "byNamespace" not in doc
+    assert doc["headline"] == "4 of 16 checks fail, in 3 of 4 images."
+
+
+def test_markdown_escapes_table_cells() -> None:
+    row = ReportRow(
+        image="a:1",
+        rule="non-root-user",
+        result="fail",
+        severity="high",
+        message="use | pipes <b>and</b>\nnewlines",
+        namespace="ns",
+        kind="Deployment",
+        workload="w",
+        container="c",
+    )
+    text = render_markdown(Report.of([row], "x", NOW))
+    assert "use \\| pipes &lt;b&gt;and&lt;/b&gt;<br>newlines" in text
+    assert "<b>" not in text
+
+
+def test_markdown_of_a_clean_report() -> None:
+    row = ReportRow(image="a:1", rule="size-budget", result="pass", severity="medium", message="")
+    text = render_markdown(Report.of([row], "x", NOW))
+    assert "✅ **All 1 check passes, in 1 image.**" in text
+    assert "Top offending" not in text
+    assert "problems</summary>" not in text
+
+
+def test_table_prints_every_problem_without_rich_markup() -> None:
+    console = Console(record=True, width=400, color_system=None)
+    render_table(report("cluster"), console)
+    out = console.export_text()
+    assert "rebuild FROM one of [gcr.io/distroless/*," in out  # not eaten as rich markup
+    assert "9 of 46 checks fail, in 4 of 7 workloads in 3 namespaces." in out
+    assert "immutable-reference" in out
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += attrs
+        self.ids += [v for k, v in attrs if k == "id" and v]
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_html_is_self_contained(source: str) -> None:
+    html = render_html(report(source))
+    parser = _Collector()
+    parser.feed(html)
+    assert "script" not in parser.tags, "user text must be escaped, and no script is needed"
+    assert not {"link", "img", "iframe", "object", "embed"} & set(parser.tags)
+    for name, value in parser.attrs:
+        assert name not in ("src", "href") or not value, (name, value)
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)
+    assert "@import" not in html
+    assert "url(http" not in html
+    assert len(parser.ids) == len(set(parser.ids)), "element ids must be unique"
+    assert {"by-group", "by-rule", "sizes", "offenders", "problems"} <= set(parser.ids)
+    assert parser.tags.count("svg") >= 3
+
+
+def test_html_escapes_user_text() -> None:
+    html = render_html(report("cluster"))
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_html_of_an_empty_report() -> None:
+    html = render_html(Report.of([], "nothing", NOW))
+    assert "No results." in html
+    assert "Nothing to fix." in html
+
+
+def test_render_dispatch() -> None:
+    r = report("check")
+    assert render(r, "json") == render_json(r)
+    assert render(r, "markdown") == render_markdown(r)
+    assert render(r, "html") == render_html(r)
+    with pytest.raises(UsageError, match="choose one of table, json, markdown, html"):
+        render(r, "yaml")

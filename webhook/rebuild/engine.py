@@ -1,0 +1,634 @@
+"""The rebuild engine: a non-compliant image in, a compliant immutable replacement out.
+
+Daemonless: it works on registry objects. Config-only fixes (user, entrypoint, base
+annotations) touch no layer at all, every layer is mounted across repositories. A squash
+downloads only the layers above the base, to files under `workdir`, verified against their
+digests, and uploads one new layer from a file. A rebase swaps the old base's layers (a
+verified prefix) for the new base's.
+
+Deterministic: the same source digest, fixes and options give the same result digest
+(reproducible layer tars, JSON written in a fixed order, no wall-clock time anywhere: history
+entries carry the source config's `created`). That makes a second rebuild a no-op.
+
+The result is re-checked with the same `Checker` the webhook uses; a rebuild that still fails a
+rule is reported as such (`outcome="unfixable"` with the reason), never hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from webhook import __version__
+from webhook.errors import ImagegateError, RebuildError, Unfixable, UsageError
+from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.model import ImagePolicy, SingleEntrypointRule
+from webhook.policy.rules.allowed_base import (
+    BASE_DIGEST,
+    BASE_NAME,
+    KnownBase,
+    concrete_references,
+    identify_base,
+)
+from webhook.rebuild import fixes as fx
+from webhook.rebuild import layers as ly
+from webhook.rebuild.model import Phase
+from webhook.rebuild.push import (
+    BlobSource,
+    canonical_json,
+    push_blobs,
+    push_manifest,
+    replacement_tag,
+    sha256,
+    tag_once,
+)
+from webhook.registry import mediatypes as mt
+from webhook.registry.auth import Keyring
+from webhook.registry.blobs import BlobStore
+from webhook.registry.client import Manifest, RegistryClient
+from webhook.registry.facts import ImageFacts, Platform
+from webhook.registry.reference import Reference
+
+SOURCE_DIGEST = "dev.imagegate.source.digest"
+FIXES = "dev.imagegate.fixes"
+VERSION = "dev.imagegate.version"
+EPOCH_CREATED = "1970-01-01T00:00:00Z"
+
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    ),
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+}
+
+Outcome = Literal["succeeded", "failed", "unfixable"]
+
+
+@dataclass(frozen=True)
+class PlatformRebuild:
+    """What happened to one platform manifest of the source."""
+
+    platform: str
+    source_manifest: str
+    manifest: str
+    size: int
+    fixes: list[str]
+    base: str | None
+    base_evidence: str | None
+    squashed_layers: int = 0
+    dropped_paths: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    blobs: dict[str, str] = field(default_factory=dict)
+    body: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """The outcome of `rebuild`: where the replacement is and whether it now passes."""
+
+    source: str
+    source_digest: str
+    replacement: str  # registry/repo@sha256:…
+    replacement_tag: str  # registry/repo:<tag>-imagegate-<12 hex>
+    before: CheckResult
+    after: CheckResult
+    bytes_saved: int
+    fixes: list[str]
+    outcome: Outcome
+    reason: str = ""
+    tag_created: bool = True
+    platforms: list[PlatformRebuild] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome == "succeeded"
+
+    @property
+    def phase(self) -> Phase:
+        return {
+            "succeeded": Phase.succeeded,
+            "failed": Phase.failed,
+            "unfixable": Phase.unfixable,
+        }[self.outcome]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "sourceDigest": self.source_digest,
+            "replacement": self.replacement,
+            "replacementTag": self.replacement_tag,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "fixes": self.fixes,
+            "bytesSaved": self.bytes_saved,
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+            "platforms": [
+                {
+                    "platform": p.platform,
+                    "sourceManifest": p.source_manifest,
+                    "manifest": p.manifest,
+                    "fixes": p.fixes,
+                    "base": p.base,
+                    "baseEvidence": p.base_evidence,
+                    "squashedLayers": p.squashed_layers,
+                    "droppedPaths": p.dropped_paths,
+                    "bytesBefore": p.bytes_before,
+                    "bytesAfter": p.bytes_after,
+                }
+                for p in self.platforms
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class _Base:
+    name: str
+    digest: str | None
+    evidence: str
+    layers: int | None  # how many of the image's layers are the base's (None: not verified)
+
+
+@dataclass
+class _Job:
+    client: RegistryClient
+    blobs: BlobStore
+    keyring: Keyring
+    source: Reference
+    source_digest: str
+    target: Reference
+    policies: list[ImagePolicy]
+    fixes: list[str]
+    user: str
+    rebase_onto: Reference | None
+    workdir: Path
+    entrypoint_rule: SingleEntrypointRule
+    known: dict[str, list[KnownBase]] = field(default_factory=dict)
+
+
+async def rebuild(
+    client: RegistryClient,
+    checker: Checker,
+    source: str,
+    target_repo: str,
+    policies: list[ImagePolicy],
+    *,
+    fixes: list[str] | None = None,
+    user: str = fx.DEFAULT_USER,
+    squash: bool | None = None,
+    rebase_onto: str | None = None,
+    platform: Platform | None = None,
+    keyring: Keyring | None = None,
+    workdir: Path,
+) -> RebuildResult:
+    """Rebuild `source` into `target_repo` with `fixes` (None: what `policies` say it needs).
+
+    `squash` True/False forces the size fix on/off; `rebase_onto` (an approved base) adds the
+    base fix. `platform` is the platform the before/after checks look at; every platform of
+    a multi-arch source is rebuilt. Raises `Unfixable` (nothing pushed) when a needed fix cannot
+    be made, `RebuildError` for a tag conflict or unreadable layers, `RegistryError`s for
+    registry trouble (worth retrying).
+    """
+    kr = keyring if keyring is not None else client.keyring
+    user = fx.parse_user(user)
+    src = Reference.parse(source)
+    target = _target_reference(target_repo)
+    new_base = Reference.parse(rebase_onto) if rebase_onto else None
+
+    top = await client.get_manifest(src, kr)
+    pinned_source = f"{src.name}@{top.digest}"
+    before = await checker.check(pinned_source, policies, platform, keyring=kr)
+    if before.verdict == "error":
+        raise RebuildError(f"cannot check {source} before rebuilding it: {before.error}")
+    chosen = _choose_fixes(before, fixes, squash, new_base is not None)
+
+    job = _Job(
+        client=client,
+        blobs=BlobStore(client, kr),
+        keyring=kr,
+        source=src,
+        source_digest=top.digest,
+        target=target,
+        policies=policies,
+        fixes=chosen,
+        user=user,
+        rebase_onto=new_base,
+        workdir=workdir / top.digest.replace(":", "-"),
+        entrypoint_rule=_entrypoint_rule(policies),
+    )
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        async with job.blobs:
+            if top.is_index:
+                body, media_type, platforms = await _rebuild_index(job, top)
+            else:
+                done = await _rebuild_manifest(job, top, None)
+                platforms = [done]
+                body, media_type = done.body, mt.OCI_MANIFEST
+            digest = await push_manifest(job.blobs, target, body, media_type)
+            tag = replacement_tag(src, top.digest)
+            created = await tag_once(job.blobs, target, tag, body, media_type)
+    finally:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+
+    replacement = f"{target.name}@{digest}"
+    after = await checker.check(replacement, policies, platform, keyring=kr)
+    applied = [f for f in fx.ALL_FIXES if any(f in p.fixes for p in platforms)]
+    saved = sum(p.bytes_before - p.bytes_after for p in platforms)
+    outcome: Outcome
+    if after.verdict == "pass":
+        outcome, reason = "succeeded", ""
+    elif after.verdict == "error":
+        outcome, reason = "failed", f"cannot check the replacement: {after.error}"
+    else:
+        outcome = "unfixable"
+        reason = "the rebuilt image still fails: " + "; ".join(
+            f"{v.rule}: {v.message}" for v in after.violations
+        )
+    return RebuildResult(
+        source=source,
+        source_digest=top.digest,
+        replacement=replacement,
+        replacement_tag=f"{target.name}:{tag}",
+        before=before,
+        after=after,
+        bytes_saved=saved,
+        fixes=applied,
+        outcome=outcome,
+        reason=reason,
+        tag_created=created,
+        platforms=platforms,
+    )
+
+
+# ---- choosing -------------------------------------------------------------------------------
+
+
+def _target_reference(target_repo: str) -> Reference:
+    text = target_repo.strip()
+    last = text.rsplit("/", 1)[-1]
+    if "@" in text or ":" in last:
+        raise UsageError(
+            f"target {target_repo!r} must be a repository (registry/name) without tag or "
+            "digest: imagegate chooses the new tag itself and never overwrites one"
+        )
+    ref = Reference.parse(text)
+    return Reference(ref.registry, ref.repository)
+
+
+def _choose_fixes(
+    before: CheckResult, fixes: list[str] | None, squash: bool | None, rebase: bool
+) -> list[str]:
+    if fixes is not None:
+        chosen = set(fx.normalize_fixes(fixes))
+    else:
+        chosen = {fx.RULE_FIXES[v.rule] for v in before.violations if v.rule in fx.RULE_FIXES}
+        base_problem = next((v for v in before.violations if v.rule == "allowed-base"), None)
+        if base_problem is not None and not rebase:
+            raise Unfixable(
+                f"{base_problem.message}. imagegate can rebase the image when told which "
+                "approved base to use (rebase onto REF)"
+            )
+    if squash is True:
+        chosen.add(fx.SIZE_BUDGET)
+    elif squash is False:
+        chosen.discard(fx.SIZE_BUDGET)
+    if rebase:
+        chosen.add(fx.ALLOWED_BASE)
+    return [f for f in fx.ALL_FIXES if f in chosen]
+
+
+def _entrypoint_rule(policies: list[ImagePolicy]) -> SingleEntrypointRule:
+    for policy in policies:
+        if policy.spec.rules.single_entrypoint.enabled:
+            return policy.spec.rules.single_entrypoint
+    return SingleEntrypointRule()
+
+
+# ---- one platform ---------------------------------------------------------------------------
+
+
+async def _rebuild_index(job: _Job, top: Manifest) -> tuple[bytes, str, list[PlatformRebuild]]:
+    entries: list[dict[str, Any]] = []
+    platforms: list[PlatformRebuild] = []
+    for entry in top.data.get("manifests") or []:
+        plat = entry.get("platform") or {}
+        os_, arch = str(plat.get("os") or ""), str(plat.get("architecture") or "")
+        if not os_ or not arch or os_ == "unknown":
+            continue  # attestations and other artifacts describe the old manifests: dropped
+        child = await job.client.get_manifest(job.source.with_digest(entry["digest"]), job.keyring)
+        if child.is_index:
+            raise RebuildError(f"{job.source} nests an index in an index; not rebuilt")
+        variant = plat.get("variant") or None
+        done = await _rebuild_manifest(job, child, Platform(os_, arch, variant))
+        platforms.append(done)
+        descriptor: dict[str, Any] = {
+            "mediaType": mt.OCI_MANIFEST,
+            "digest": done.manifest,
+            "size": done.size,
+            "platform": plat,
+        }
+        if isinstance(entry.get("annotations"), dict):
+            descriptor["annotations"] = entry["annotations"]
+        entries.append(descriptor)
+    if not entries:
+        raise RebuildError(f"index {top.digest} of {job.source} lists no platform image")
+    annotations = dict(top.data.get("annotations") or {})
+    annotations.update(_provenance(job, [f for p in platforms for f in p.fixes]))
+    bases = {p.base for p in platforms}
+    if fx.ALLOWED_BASE in job.fixes and len(bases) == 1 and platforms[0].base:
+        annotations[BASE_NAME] = platforms[0].base
+    index: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": entries,
+        "annotations": annotations,
+    }
+    return canonical_json(index), mt.OCI_INDEX, platforms
+
+
+async def _rebuild_manifest(
+    job: _Job, manifest: Manifest, platform: Platform | None
+) -> PlatformRebuild:
+    client, kr = job.client, job.keyring
+    ref = job.source.with_digest(manifest.digest)
+    data = manifest.data
+    config_digest = str(data["config"]["digest"])
+    config = copy.deepcopy(await client.get_config(ref, config_digest, kr))
+    plat = platform or _config_platform(config)
+    facts = await client.inspect(ref, plat, kr)
+    layers: list[dict[str, Any]] = [dict(layer) for layer in data["layers"]]
+    sources: list[BlobSource] = [BlobSource(str(x["digest"]), repository=ref) for x in layers]
+    rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+    diff_ids: list[str] = list(rootfs.get("diff_ids") or [])
+    history: list[dict[str, Any]] = [dict(h) for h in config.get("history") or []]
+    inner = config.get("config")
+    if not isinstance(inner, dict):
+        inner = {}
+        config["config"] = inner
+    created = str(config.get("created") or EPOCH_CREATED)
+    bytes_before = sum(int(x.get("size", 0)) for x in layers)
+    applied: list[str] = []
+    base = await _identify_base(job, facts, plat)
+    annotations: dict[str, str] = {
+        k: v for k, v in (data.get("annotations") or {}).items() if isinstance(v, str)
+    }
+
+    def note(fix: str, created_by: str) -> None:
+        if fix not in applied:
+            applied.append(fix)
+        history.append(
+            {
+                "created": created,
+                "created_by": f"imagegate rebuild: {created_by}",
+                "comment": f"imagegate {__version__}",
+                "empty_layer": True,
+            }
+        )
+
+    if fx.NON_ROOT_USER in job.fixes:
+        inner["User"] = job.user
+        note(fx.NON_ROOT_USER, f"USER {job.user}")
+
+    if fx.SINGLE_ENTRYPOINT in job.fixes:
+        entrypoint, cmd = fx.fix_entrypoint(facts, job.entrypoint_rule)
+        if (entrypoint, cmd) != (facts.entrypoint, facts.cmd):
+            inner["Entrypoint"] = entrypoint
+            inner["Cmd"] = cmd
+            note(fx.SINGLE_ENTRYPOINT, f"ENTRYPOINT {entrypoint} CMD {cmd}")
+
+    if fx.ALLOWED_BASE in job.fixes:
+        if job.rebase_onto is not None:
+            if base is None or base.layers is None:
+                why = (
+                    "its base image cannot be identified"
+                    if base is None
+                    else f"the layers of its base {base.name} are not a prefix of its own"
+                )
+                raise Unfixable(
+                    f"cannot rebase {job.source} onto {job.rebase_onto}: {why}, so imagegate "
+                    "cannot tell which layers are the application's"
+                )
+            new = await client.resolve(job.rebase_onto, plat, kr)
+            new_ref = job.rebase_onto.with_digest(new.manifest.digest)
+            new_config = await client.get_config(
+                new_ref, str(new.manifest.data["config"]["digest"]), kr
+            )
+            new_layers = [dict(x) for x in new.manifest.data["layers"]]
+            keep = base.layers
+            layers = new_layers + layers[keep:]
+            sources = [
+                BlobSource(str(x["digest"]), repository=new_ref) for x in new_layers
+            ] + sources[keep:]
+            diff_ids = list(new_config["rootfs"]["diff_ids"]) + diff_ids[keep:]
+            _, tail = _split_history(history, keep)
+            history = [dict(h) for h in new_config.get("history") or []] + tail
+            base = _Base(str(job.rebase_onto), new.digest, "rebase", len(new_layers))
+            note(fx.ALLOWED_BASE, f"rebase onto {job.rebase_onto}@{new.digest}")
+        elif base is None:
+            raise Unfixable(
+                f"cannot tell which base {job.source} was built on, so there is nothing to "
+                "record; rebase it onto an approved base instead"
+            )
+        annotations[BASE_NAME] = base.name
+        inner.setdefault("Labels", {})
+        if inner["Labels"] is None:
+            inner["Labels"] = {}
+        inner["Labels"][BASE_NAME] = base.name
+        if base.digest:
+            annotations[BASE_DIGEST] = base.digest
+            inner["Labels"][BASE_DIGEST] = base.digest
+        elif BASE_DIGEST in inner["Labels"]:
+            del inner["Labels"][BASE_DIGEST]
+        if fx.ALLOWED_BASE not in applied:
+            note(fx.ALLOWED_BASE, f"record base {base.name}")
+
+    squashed = dropped = 0
+    if fx.SIZE_BUDGET in job.fixes:
+        start = base.layers if base is not None and base.layers is not None else 0
+        upper = list(zip(layers[start:], sources[start:], diff_ids[start:], strict=True))
+        if upper:
+            result = await _squash(job, manifest.digest, upper)
+            layers = [
+                *layers[:start],
+                {
+                    "mediaType": OCI_LAYER_GZIP,
+                    "digest": result.layer.digest,
+                    "size": result.layer.size,
+                },
+            ]
+            sources = [*sources[:start], BlobSource(result.layer.digest, file=result.layer.path)]
+            diff_ids = [*diff_ids[:start], result.layer.diff_id]
+            head, _ = _split_history(history, start)
+            history = [
+                *head,
+                {
+                    "created": created,
+                    "created_by": (
+                        f"imagegate rebuild: squash of {len(upper)} layers, "
+                        f"{len(result.dropped)} cache paths dropped"
+                    ),
+                    "comment": f"imagegate {__version__}",
+                },
+            ]
+            squashed, dropped = len(upper), len(result.dropped)
+            applied.append(fx.SIZE_BUDGET)
+
+    rootfs["type"] = "layers"
+    rootfs["diff_ids"] = diff_ids
+    config["history"] = history
+    config_bytes = canonical_json(config)
+    config_path = job.workdir / f"config-{sha256(config_bytes).split(':', 1)[1]}.json"
+    config_path.write_bytes(config_bytes)
+    sources.append(BlobSource(sha256(config_bytes), file=config_path))
+
+    annotations.update(_provenance(job, applied))
+    new_manifest: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {
+            "mediaType": mt.OCI_CONFIG,
+            "digest": sha256(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [_oci_layer(x) for x in layers],
+        "annotations": annotations,
+    }
+    body = canonical_json(new_manifest)
+    done = await push_blobs(job.blobs, job.target, sources, job.workdir)
+    digest = await push_manifest(job.blobs, job.target, body, mt.OCI_MANIFEST)
+    for source in sources:  # the big files are pushed: free the disk early
+        if source.file is not None:
+            source.file.unlink(missing_ok=True)
+    return PlatformRebuild(
+        platform=str(plat),
+        source_manifest=manifest.digest,
+        manifest=digest,
+        size=len(body),
+        fixes=applied,
+        base=base.name if base else None,
+        base_evidence=base.evidence if base else None,
+        squashed_layers=squashed,
+        dropped_paths=dropped,
+        bytes_before=bytes_before,
+        bytes_after=sum(int(x.get("size", 0)) for x in layers),
+        blobs=done,
+        body=body,
+    )
+
+
+def _provenance(job: _Job, applied: list[str]) -> dict[str, str]:
+    ordered = [f for f in fx.ALL_FIXES if f in applied]
+    return {
+        SOURCE_DIGEST: job.source_digest,
+        FIXES: ",".join(ordered),
+        VERSION: __version__,
+    }
+
+
+def _oci_layer(descriptor: dict[str, Any]) -> dict[str, Any]:
+    out = dict(descriptor)
+    media_type = str(out.get("mediaType") or OCI_LAYER_GZIP)
+    out["mediaType"] = _LAYER_TYPES.get(media_type, media_type)
+    return out
+
+
+def _config_platform(config: dict[str, Any]) -> Platform:
+    os_, arch = config.get("os"), config.get("architecture")
+    if isinstance(os_, str) and isinstance(arch, str) and os_ and arch:
+        variant = config.get("variant")
+        return Platform(os_, arch, variant if isinstance(variant, str) and variant else None)
+    return Platform.host()
+
+
+def _split_history(
+    history: list[dict[str, Any]], layers: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """History entries of the first `layers` layers (with the empty entries that follow them,
+    up to the next layer), and the rest."""
+    if layers == 0:
+        return [], list(history)
+    seen = 0
+    for index, entry in enumerate(history):
+        if not entry.get("empty_layer"):
+            seen += 1
+            if seen == layers:
+                end = index + 1
+                while end < len(history) and history[end].get("empty_layer"):
+                    end += 1
+                return history[:end], history[end:]
+    return list(history), []
+
+
+async def _known_bases(job: _Job, plat: Platform) -> list[KnownBase]:
+    key = str(plat)
+    if key in job.known:
+        return job.known[key]
+    refs: list[str] = []
+    for policy in job.policies:
+        rule = policy.spec.rules.allowed_bases
+        if rule.enabled:
+            refs.extend(r for r in concrete_references(rule) if r not in refs)
+    found: list[KnownBase] = []
+    for text in refs:
+        try:
+            base = await job.client.inspect(Reference.parse(text), plat, job.keyring)
+        except ImagegateError as err:
+            found.append(KnownBase(text, error=str(err)))
+            continue
+        found.append(KnownBase(text, base.digest, tuple(base.diff_ids)))
+    job.known[key] = found
+    return found
+
+
+async def _identify_base(job: _Job, facts: ImageFacts, plat: Platform) -> _Base | None:
+    """The base and how many of the image's layers are its own (verified as a prefix)."""
+    known = await _known_bases(job, plat)
+    fact = identify_base(facts, known)
+    if fact is None:
+        return None
+    if fact.evidence == "diff_ids":
+        match = next(k for k in known if k.reference == fact.name)
+        return _Base(fact.name, fact.digest, fact.evidence, len(match.diff_ids))
+    count: int | None = None
+    try:
+        ref = Reference.parse(fact.name)
+        if fact.digest:
+            ref = ref.with_digest(fact.digest)
+        base_facts = await job.client.inspect(ref, plat, job.keyring)
+        n = len(base_facts.diff_ids)
+        if n and facts.diff_ids[:n] == base_facts.diff_ids:
+            count = n
+    except ImagegateError:
+        count = None
+    return _Base(fact.name, fact.digest, fact.evidence, count)
+
+
+async def _squash(
+    job: _Job, manifest_digest: str, upper: list[tuple[dict[str, Any], BlobSource, str]]
+) -> ly.SquashResult:
+    """Download the layers to squash (verified), decompress them (verified), squash them."""
+    work = job.workdir / f"squash-{manifest_digest.split(':', 1)[1][:16]}"
+    work.mkdir(parents=True, exist_ok=True)
+    tars: list[Path] = []
+    try:
+        for index, (descriptor, source, diff_id) in enumerate(upper):
+            if source.repository is None:  # pragma: no cover - only source layers get here
+                raise RebuildError(f"layer {source.digest} has no repository to read it from")
+            blob = work / f"{index:04d}.blob"
+            tar = work / f"{index:04d}.tar"
+            await job.blobs.download(source.repository, str(descriptor["digest"]), blob)
+            await asyncio.to_thread(ly.decompress, blob, tar, diff_id)
+            blob.unlink()
+            tars.append(tar)
+        out = job.workdir / f"squashed-{manifest_digest.split(':', 1)[1][:16]}.tar.gz"
+        return await asyncio.to_thread(ly.squash, tars, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

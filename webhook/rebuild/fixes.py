@@ -1,0 +1,182 @@
+"""The fixes a rebuild can apply, and the config edits behind the two that need no layers.
+
+Fix names are the `ImageRebuild.spec.fixes` values: `nonRootUser`, `singleEntrypoint`,
+`sizeBudget`, `allowedBase`. Each maps to the rule it repairs (`RULE_FIXES`).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import replace
+from typing import Final
+
+from webhook.errors import Unfixable, UsageError
+from webhook.policy.model import SingleEntrypointRule
+from webhook.policy.rules import single_entrypoint
+from webhook.registry.facts import ImageFacts
+
+NON_ROOT_USER: Final = "nonRootUser"
+SINGLE_ENTRYPOINT: Final = "singleEntrypoint"
+SIZE_BUDGET: Final = "sizeBudget"
+ALLOWED_BASE: Final = "allowedBase"
+ALL_FIXES: Final = (NON_ROOT_USER, SINGLE_ENTRYPOINT, SIZE_BUDGET, ALLOWED_BASE)
+
+RULE_FIXES: Final = {
+    "non-root-user": NON_ROOT_USER,
+    "single-entrypoint": SINGLE_ENTRYPOINT,
+    "size-budget": SIZE_BUDGET,
+    "allowed-base": ALLOWED_BASE,
+}
+
+DEFAULT_USER: Final = "65532:65532"
+
+SHELLS = single_entrypoint.SHELLS
+# Characters whose meaning the exec form cannot reproduce: expansions, globs, redirections,
+# subshells, comments. Conservative on purpose: a quoted `*` is refused too.
+SHELL_SYNTAX = frozenset("$`*?[]<>(){}~#\n")
+SHELL_BUILTINS = frozenset(
+    {
+        "cd",
+        "export",
+        "set",
+        "unset",
+        "source",
+        ".",
+        "eval",
+        "trap",
+        "ulimit",
+        "umask",
+        "wait",
+        "read",
+        "shift",
+        "alias",
+        "if",
+        "for",
+        "while",
+        "until",
+        "case",
+        "[[",
+        "!",
+    }
+)
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
+
+
+def normalize_fixes(fixes: list[str]) -> list[str]:
+    """Validate fix names and return them in canonical order."""
+    unknown = sorted(set(fixes) - set(ALL_FIXES))
+    if unknown:
+        raise UsageError(f"unknown fix {', '.join(unknown)}: choose from {', '.join(ALL_FIXES)}")
+    return [f for f in ALL_FIXES if f in fixes]
+
+
+def parse_user(user: str) -> str:
+    """A numeric, non-root `uid[:gid]` (what `runAsNonRoot` can verify), or UsageError."""
+    text = user.strip()
+    match = _NUMERIC_USER.match(text)
+    if not match:
+        raise UsageError(
+            f"user {user!r} must be numeric, uid or uid:gid (for example 65532:65532): the "
+            "kubelet's runAsNonRoot cannot verify a named user"
+        )
+    if int(match.group(1)) == 0:
+        raise UsageError(f"user {user!r} is uid 0 (root); choose a non-zero uid")
+    return text
+
+
+def exec_argv(script: str) -> list[str]:
+    """The exec-form argv equivalent to `sh -c script`, or Unfixable saying why there is none."""
+    if "\n" in script.strip():
+        raise Unfixable(
+            f"the shell command {script!r} has several lines, so it runs several commands: "
+            "move them into an entrypoint script that ends with `exec`, or split them"
+        )
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        tokens = list(lexer)
+    except ValueError as err:
+        raise Unfixable(f"cannot parse the shell command {script!r}: {err}") from err
+    while tokens and tokens[-1] == ";":
+        tokens.pop()
+    operators = sorted({t for t in tokens if t in single_entrypoint.CHAIN_OPERATORS})
+    if operators:
+        raise Unfixable(
+            f"the shell command {script!r} chains or backgrounds processes "
+            f"({', '.join(operators)}): that is several processes in one container, which no "
+            "config edit can split. Run each process in its own container (sidecars or init "
+            "containers), each with an exec-form ENTRYPOINT"
+        )
+    syntax = sorted(SHELL_SYNTAX & set(script))
+    if syntax:
+        shown = ", ".join(repr(c) for c in syntax)
+        raise Unfixable(
+            f"the shell command {script!r} uses shell syntax ({shown}: expansion, globbing, "
+            "redirection or subshells) that the exec form cannot express; move it into an "
+            "entrypoint script that ends with `exec`"
+        )
+    if tokens and tokens[0] == "exec":
+        tokens = tokens[1:]
+        if tokens and tokens[0].startswith("-"):
+            raise Unfixable(f"`exec {tokens[0]}` in {script!r} has no exec-form equivalent")
+    if not tokens:
+        raise Unfixable(f"the shell command {script!r} runs nothing")
+    if _ASSIGNMENT.match(tokens[0]):
+        raise Unfixable(
+            f"the shell command {script!r} sets variables inline ({tokens[0]}); put them in "
+            "ENV and use the exec form"
+        )
+    if tokens[0] in SHELL_BUILTINS:
+        raise Unfixable(
+            f"the shell command {script!r} starts with the shell builtin {tokens[0]!r}, which "
+            "has no program to exec"
+        )
+    return tokens
+
+
+def _shell_script(argv: list[str]) -> str | None:
+    """The script of `sh [-opts] -c SCRIPT [args…]`, else None (as the rule reads it)."""
+    if not argv or argv[0].rsplit("/", 1)[-1] not in SHELLS:
+        return None
+    for index, token in enumerate(argv[1:], start=1):
+        if not token.startswith("-") or token == "--":
+            return None
+        if "c" in token.lstrip("-") and not token.startswith("--"):
+            return argv[index + 1] if index + 1 < len(argv) else ""
+    return None
+
+
+def fix_entrypoint(
+    facts: ImageFacts, rule: SingleEntrypointRule | None = None
+) -> tuple[list[str] | None, list[str] | None]:
+    """New (Entrypoint, Cmd) that start one process in exec form, or Unfixable.
+
+    Shell form without shell syntax becomes its argv (`sh -c "exec x y"` → `["x","y"]`); in the
+    ENTRYPOINT the CMD is dropped, since `sh -c SCRIPT` only passed it as `$0`, `$1`… which a
+    script without `$` never reads. A shell CMD behind an exec ENTRYPOINT (an init shim) is
+    rewritten in place. Supervisors, chains and scripts with shell syntax are Unfixable.
+    """
+    rule = rule or SingleEntrypointRule()
+    entrypoint = list(facts.entrypoint or []) or None
+    cmd = list(facts.cmd or []) or None
+    if entrypoint is None and cmd is None:
+        raise Unfixable(
+            "the image has no ENTRYPOINT or CMD, so there is no process to turn into exec "
+            "form: set an exec-form ENTRYPOINT in its Dockerfile"
+        )
+    new_entrypoint, new_cmd = entrypoint, cmd
+    ep_script = _shell_script(entrypoint or [])
+    cmd_script = _shell_script(cmd or [])
+    if ep_script is not None:
+        new_entrypoint, new_cmd = exec_argv(ep_script), None
+    elif cmd_script is not None and cmd is not None:
+        new_cmd = exec_argv(cmd_script)
+    outcome = single_entrypoint.check(
+        rule, replace(facts, entrypoint=new_entrypoint, cmd=new_cmd), None
+    )
+    if outcome.violations:
+        raise Unfixable(outcome.violations[0].message)
+    return new_entrypoint, new_cmd
