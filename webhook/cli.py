@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import tempfile
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -18,10 +20,11 @@ from webhook import __version__
 from webhook.admission.tls import CertFiles
 from webhook.admission.tls import self_signed as generate_self_signed
 from webhook.crds import crds_yaml, write_crds
-from webhook.errors import ImagegateError, UsageError
+from webhook.errors import ImagegateError, Unfixable, UsageError
 from webhook.policy.checker import Checker, CheckResult
 from webhook.policy.loader import load_policies
 from webhook.policy.model import ImagePolicy
+from webhook.rebuild.engine import RebuildResult
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
 from webhook.registry.facts import Platform
@@ -191,6 +194,212 @@ def _serving_certs(
                 raise UsageError(f"{path}: no such file")
         return CertFiles(cert, key)
     return None
+
+
+class ReportOutput(StrEnum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    html = "html"
+
+
+@app.command()
+def rebuild(
+    ref: Annotated[str, typer.Argument(help="Image to rebuild (tag or digest reference).")],
+    to: Annotated[str, typer.Option("--to", help="Repository to push the replacement to.")],
+    policy: Annotated[
+        Path | None, typer.Option(help="ImagePolicy file or directory (default: built-in).")
+    ] = None,
+    user: Annotated[str, typer.Option(help="Numeric USER to set (UID[:GID]).")] = "65532:65532",
+    squash: Annotated[
+        bool | None, typer.Option("--squash/--no-squash", help="Squash layers above the base.")
+    ] = None,
+    rebase_onto: Annotated[str | None, typer.Option(help="Approved base to rebase onto.")] = None,
+    platform: Annotated[str | None, typer.Option(help="Only this platform of an index.")] = None,
+    allow_base: Annotated[
+        list[str] | None, typer.Option("--allow-base", help="Approve this base image (repeatable).")
+    ] = None,
+    insecure_registry: Annotated[
+        list[str] | None,
+        typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
+    ] = None,
+    output: Annotated[CheckOutput, typer.Option(help="Output format.")] = CheckOutput.table,
+) -> None:
+    """Rebuild an image into a compliant, immutable replacement; print its reference.
+
+    Exit 0: the replacement passes; 1: it still fails (or the image cannot be fixed);
+    2: usage, registry or rebuild error.
+    """
+    from webhook.rebuild.engine import rebuild as run_rebuild
+
+    try:
+        settings = Settings()
+        if insecure_registry:
+            settings.registry.insecure_registries.extend(insecure_registry)
+        policies = load_policies(policy) if policy else [ImagePolicy()]
+        policies = [p.with_overrides(allow_base, None) for p in policies]
+        chosen = Platform.parse(platform) if platform else None
+
+        async def go() -> RebuildResult:
+            keyring = Keyring.from_docker_config(settings.registry.docker_config)
+            async with RegistryClient(settings.registry, keyring) as client:
+                checker = Checker(client, settings.check_concurrency, 0)
+                with tempfile.TemporaryDirectory(prefix="imagegate-rebuild-") as work:
+                    return await run_rebuild(
+                        client, checker, ref, to, policies, user=user, squash=squash,
+                        rebase_onto=rebase_onto, platform=chosen, workdir=Path(work),
+                    )  # fmt: skip
+
+        result = asyncio.run(go())
+    except Unfixable as err:
+        stderr.print(Text.assemble(("cannot fix: ", "bold red"), str(err)), highlight=False)
+        raise typer.Exit(1) from None
+    except ImagegateError as err:
+        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
+        raise typer.Exit(2) from None
+    if output is CheckOutput.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.replacement)
+        stderr.print(
+            f"{result.outcome}: fixes {', '.join(result.fixes) or 'none'}; tag "
+            f"{result.replacement_tag}; {result.bytes_saved:,} bytes saved"
+            + (f"; {result.reason}" if result.reason else ""),
+            highlight=False,
+        )
+    raise typer.Exit(0 if result.succeeded else 1)
+
+
+@app.command()
+def operator(
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces/--namespaced", "-A", help="Watch every namespace.")
+    ] = True,
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only these (repeatable).")
+    ] = None,
+    peering: Annotated[
+        str | None, typer.Option(help="kopf peering object shared by the replicas.")
+    ] = None,
+    standalone: Annotated[bool, typer.Option(help="No peering: the only replica.")] = False,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            help="Peering priority; the highest active replica works, the others wait "
+            "(default: random, so two replicas never have the same)."
+        ),
+    ] = None,
+    liveness: Annotated[
+        str | None, typer.Option(help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+) -> None:
+    """Run the kopf operator: ImageRebuilds, background audit, PolicyReports, replacements."""
+    import random
+
+    import kopf
+
+    import webhook.operator.handlers  # noqa: F401 - registers the handlers with kopf
+    from webhook import logs
+
+    logs.configure(json_format=log_format == "json")
+    chosen = priority if priority is not None else random.randint(1, 2**31 - 1)
+    stderr.print(f"operator peering priority {chosen}", highlight=False)
+    kopf.run(
+        clusterwide=all_namespaces and not namespace,
+        namespaces=namespace or (),
+        peering_name=peering,
+        standalone=standalone or None,
+        priority=chosen,
+        liveness_endpoint=liveness,
+    )
+
+
+@app.command()
+def report(
+    output: Annotated[ReportOutput, typer.Option(help="Output format.")] = ReportOutput.table,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="`imagegate check --output json`, or `kubectl get policyreports -A -o json`",
+        ),
+    ] = None,
+    from_cluster: Annotated[
+        bool, typer.Option(help="Read the cluster's PolicyReports (the default).")
+    ] = False,
+    scan: Annotated[
+        bool, typer.Option(help="Scan the cluster's workloads now instead of reading reports.")
+    ] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Kubeconfig (default: KUBECONFIG).")
+    ] = None,
+) -> None:
+    """Report compliance: from a file, the cluster's PolicyReports, or a live scan."""
+    from webhook.report.render import render, render_table
+    from webhook.report.sources import report_from_cluster, report_from_entries, report_from_file
+
+    now = datetime.now(UTC)
+    try:
+        if sum((from_file is not None, from_cluster, scan)) > 1:
+            raise UsageError("choose one of --from FILE, --from-cluster, --scan")
+        if from_file is not None:
+            data = report_from_file(from_file, now)
+        elif scan:
+            data = report_from_entries(asyncio.run(_scan(Settings(), kubeconfig)), now)
+        else:
+            data = report_from_cluster(asyncio.run(_read_reports(kubeconfig)), now)
+        if output is ReportOutput.table and out is None:
+            render_table(data, stdout)
+            return
+        text = render(data, output.value) if output is not ReportOutput.table else _table_text(data)
+    except ImagegateError as err:
+        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
+        raise typer.Exit(2) from None
+    if out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        out.write_text(text, encoding="utf-8")
+        stderr.print(f"wrote {out}", highlight=False)
+
+
+def _table_text(data: Any) -> str:
+    from webhook.report.render import render_table
+
+    console = Console(record=True, width=120, file=io.StringIO())
+    render_table(data, console)
+    return console.export_text()
+
+
+async def _read_reports(kubeconfig: str | None) -> list[dict[str, Any]]:
+    from webhook.k8s.cluster import KubernetesCluster
+    from webhook.report.recorder import report_writer
+
+    cluster = KubernetesCluster.connect(kubeconfig)
+    try:
+        return await report_writer(cluster).read_all()
+    finally:
+        cluster.close()
+
+
+async def _scan(settings: Settings, kubeconfig: str | None) -> list[Any]:
+    from webhook.k8s.cluster import KubernetesCluster
+    from webhook.operator.scan import Scanner
+    from webhook.policy.store import ClusterPolicies
+
+    cluster = KubernetesCluster.connect(kubeconfig)
+    try:
+        policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
+        await policies.refresh()
+        keyring = Keyring.from_docker_config(settings.registry.docker_config)
+        async with RegistryClient(settings.registry, keyring) as client:
+            checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
+            scanner = Scanner(checker, cluster, None, keyring)
+            outcome = await scanner.scan(policies.policies)
+            return list(outcome.entries)
+    finally:
+        cluster.close()
 
 
 @app.command()

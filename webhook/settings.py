@@ -101,9 +101,32 @@ class WebhookSettings(BaseSettings):
     kubeconfig: str | None = Field(
         default=None, description="Kubeconfig path; default in-cluster config, then KUBECONFIG."
     )
+    record_reports: bool = Field(
+        default=True,
+        description="Record admitted workloads' results in PolicyReports (needs the CRDs).",
+    )
+    report_flush_seconds: float = Field(
+        default=5.0, gt=0, description="How often batched admission results are written."
+    )
     cert_reload_seconds: float = Field(
         default=5.0, gt=0, description="How often the TLS files are checked for rotation."
     )
+
+
+class OperatorSettings(BaseSettings):
+    """How `imagegate operator` scans and rebuilds."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_OPERATOR_", extra="forbid")
+
+    scan_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Background audit scan period (also run on policy changes).",
+    )
+    workdir: Path | None = Field(
+        default=None, description="Where rebuilds stage layers (default: the system temp dir)."
+    )
+    scan_on_start: bool = Field(default=True, description="Scan once as soon as the operator runs.")
 
 
 class Settings(BaseSettings):
@@ -115,6 +138,7 @@ class Settings(BaseSettings):
 
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
     platform: str | None = Field(
         default=None, description="Platform to check (os/arch[/variant]); default: this machine."
     )

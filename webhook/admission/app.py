@@ -31,6 +31,7 @@ from webhook.policy.store import ClusterPolicies, PolicyStore, StaticPolicies
 from webhook.rebuild.replacements import Replacements, read_replacements
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
+from webhook.report.recorder import ReportRecorder, report_writer
 from webhook.settings import Settings
 
 log = logging.getLogger("imagegate.admission")
@@ -75,15 +76,26 @@ def create_app(
             hook.policy_refresh_seconds,
         )
         keyring = Keyring.from_docker_config(settings.registry.docker_config)
+        recorder = (
+            ReportRecorder(report_writer(reader), hook.report_flush_seconds)
+            if isinstance(reader, KubernetesCluster) and hook.record_reports
+            else None
+        )
         async with RegistryClient(settings.registry, keyring) as client:
             checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
-            service = AdmissionService(checker, store, reader, replacements, hook, keyring)
+            service = AdmissionService(
+                checker, store, reader, replacements, hook, keyring, recorder
+            )
             app.state.parts = Parts(service, Metrics(client.stats), store)
             store.start()
             replacements.start()
+            if recorder is not None:
+                recorder.start()
             try:
                 yield
             finally:
+                if recorder is not None:
+                    await recorder.stop()
                 await replacements.stop()
                 await store.stop()
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from webhook.admission.models import AdmissionResponse, Status
-from webhook.admission.workloads import Container
 from webhook.policy.checker import CheckResult
 from webhook.policy.model import ImagePolicy, Mode, OnError
 from webhook.policy.outcome import Violation
+from webhook.policy.workloads import Container
 
 MAX_WARNING_CHARS = 256  # the API server may truncate longer warnings
 MAX_WARNINGS = 12

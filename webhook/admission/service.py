@@ -16,15 +16,18 @@ from typing import Any
 
 from webhook.admission.decision import Decision, Finding, decide
 from webhook.admission.models import AdmissionRequest, AdmissionResponse
-from webhook.admission.workloads import Container, PodTemplate, changed, pod_template
 from webhook.errors import ImagegateError
 from webhook.k8s.cluster import ClusterReader
 from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.credentials import pull_keyring
 from webhook.policy.model import ImagePolicy
 from webhook.policy.store import PolicyStore
+from webhook.policy.workloads import Container, PodTemplate, changed, pod_template
 from webhook.rebuild.replacements import Replacements
 from webhook.registry.auth import Keyring
 from webhook.registry.reference import Reference
+from webhook.report.policyreport import ReportEntry, WorkloadRef
+from webhook.report.recorder import ReportRecorder
 from webhook.settings import WebhookSettings
 
 log = logging.getLogger("imagegate.admission")
@@ -52,6 +55,7 @@ class AdmissionService:
         replacements: Replacements,
         settings: WebhookSettings,
         base_keyring: Keyring,
+        recorder: ReportRecorder | None = None,
     ) -> None:
         self._checker = checker
         self._policies = policies
@@ -59,6 +63,7 @@ class AdmissionService:
         self._replacements = replacements
         self._settings = settings
         self._base_keyring = base_keyring
+        self._recorder = recorder
         self._exempt = set(settings.exempt_namespaces)
         if settings.namespace:
             self._exempt.add(settings.namespace)
@@ -70,6 +75,8 @@ class AdmissionService:
         findings = await self._check(scope, request)
         by_name = {p.name: p for p in scope.policies}
         decision = decide(request.uid, scope.subject, findings, by_name)
+        if self._recorder is not None and decision.response.allowed and not request.dry_run:
+            self._record(request, findings, by_name)
         if decision.problems and not request.dry_run:
             log.info(
                 "admission audit record",
@@ -90,6 +97,26 @@ class AdmissionService:
                 },
             )
         return decision
+
+    def _record(
+        self, request: AdmissionRequest, findings: list[Finding], policies: dict[str, ImagePolicy]
+    ) -> None:
+        """Admitted workloads go into PolicyReports (a Pod with a controller is its owner's)."""
+        obj = request.object or {}
+        meta = obj.get("metadata") or {}
+        if any(ref.get("controller") for ref in meta.get("ownerReferences") or []):
+            return
+        workload = WorkloadRef(
+            api_version=str(obj.get("apiVersion", "")),
+            kind=request.kind.kind,
+            namespace=request.namespace or "",
+            name=str(request.name or meta.get("name") or meta.get("generateName", "")),
+            uid=str(meta.get("uid") or ""),
+        )
+        assert self._recorder is not None
+        self._recorder.add(
+            [ReportEntry.create(workload, f.container.name, f.result, policies) for f in findings]
+        )
 
     async def mutate(self, request: AdmissionRequest) -> AdmissionResponse:
         scope = await self._scope(request)
@@ -211,22 +238,11 @@ class AdmissionService:
         )
 
     async def _keyring(self, scope: Scope) -> Keyring:
-        """The pod's pull secrets, then its ServiceAccount's, then the webhook's own config."""
         if scope.namespace is None:
             return self._base_keyring
-        names = list(scope.template.pull_secret_names)
-        try:
-            names += await self._cluster.service_account_pull_secret_names(
-                scope.namespace, scope.template.service_account
-            )
-        except ImagegateError as err:  # the pod's own secrets still count
-            log.warning("service account pull secrets unavailable", extra={"error": str(err)})
-        secrets = await self._cluster.pull_secrets(scope.namespace, list(dict.fromkeys(names)))
-        keyring = self._base_keyring
-        for secret in reversed(secrets):
-            source = f"pull secret {secret.namespace}/{secret.name}"
-            keyring = Keyring.from_dockerconfigjson(secret.payload, source=source).merged(keyring)
-        return keyring
+        return await pull_keyring(
+            self._cluster, scope.namespace, scope.template, self._base_keyring
+        )
 
 
 def _annotation_patch(obj: dict[str, Any], changes: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -74,6 +74,16 @@ class NoCluster:
     async def list_objects(self, plural: str) -> list[dict[str, Any]]:
         return []
 
+    async def list_all(
+        self, api_version: str, plural: str, page_size: int = 500
+    ) -> list[dict[str, Any]]:
+        return []
+
+    async def namespace_labels_all(
+        self, include_terminating: bool = False
+    ) -> dict[str, dict[str, str]]:
+        return {}
+
 
 class KubernetesCluster:
     """ClusterReader on the `kubernetes` client, from in-cluster config or a kubeconfig."""
@@ -193,3 +203,72 @@ class KubernetesCluster:
             raise ClusterError(f"cannot read {what}: {err.status} {err.reason}") from None
         except (HTTPError, OSError) as err:
             raise ClusterError(f"cannot reach the Kubernetes API to read {what}: {err}") from None
+
+    # ---- inventory for the operator's background scan (appended; see webhook.k8s.workloads)
+
+    @property
+    def api_client(self) -> Any:
+        """The underlying `kubernetes.client.ApiClient` (for writers such as ReportWriter)."""
+        return self._api_client
+
+    async def list_all(
+        self, api_version: str, plural: str, page_size: int = 500
+    ) -> list[dict[str, Any]]:
+        """Every object of a built-in resource in all namespaces, as plain dicts.
+
+        Paged (`limit`/`continue`) so that a big cluster never answers one huge list; the
+        raw JSON is kept (no model deserialisation: it is the slow part of the client) and
+        each item gets its `apiVersion` and `kind`, which list items omit. Not cached.
+        """
+        group = "apis" if "/" in api_version else "api"  # core/v1 lives under /api
+        path = f"/{group}/{api_version}/{plural}"
+
+        def read() -> list[dict[str, Any]]:
+            import json
+
+            items: list[dict[str, Any]] = []
+            token: str | None = None
+            while True:
+                query: list[tuple[str, Any]] = [("limit", page_size)]
+                if token:
+                    query.append(("continue", token))
+                response = self._api_client.call_api(
+                    path,
+                    "GET",
+                    query_params=query,
+                    header_params={"Accept": "application/json"},
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _return_http_data_only=True,
+                )
+                page = json.loads(response.data)
+                kind = str(page.get("kind", ""))
+                item_kind = kind[: -len("List")] if kind.endswith("List") else kind
+                for item in page.get("items") or []:
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", item_kind)
+                    items.append(item)
+                token = (page.get("metadata") or {}).get("continue") or None
+                if not token:
+                    return items
+
+        return await self._call(read, f"{plural} ({api_version}) in all namespaces")
+
+    async def namespace_labels_all(
+        self, include_terminating: bool = False
+    ) -> dict[str, dict[str, str]]:
+        """Labels of every namespace in one list call (fills the `namespace_labels` cache).
+
+        Terminating namespaces are left out unless asked for: their workloads are going away
+        and nothing (reports, events) can be created in them any more.
+        """
+        namespaces = await self.list_all("v1", "namespaces")
+        labels: dict[str, dict[str, str]] = {}
+        for ns in namespaces:
+            meta = ns.get("metadata") or {}
+            name = str(meta.get("name", ""))
+            own = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+            self._cache[("ns", name)] = own
+            if include_terminating or (ns.get("status") or {}).get("phase") != "Terminating":
+                labels[name] = own
+        return labels

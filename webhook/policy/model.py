@@ -274,6 +274,22 @@ class Rules(_Model):
     immutable_reference: ImmutableReferenceRule = Field(default_factory=ImmutableReferenceRule)
 
 
+class Remediation(_Model):
+    """What the operator does about violations it sees in audit mode."""
+
+    auto: bool = Field(
+        default=False,
+        description="Create an ImageRebuild for every non-compliant image seen in audit mode.",
+    )
+    target_repository: str | None = Field(
+        default=None,
+        description=(
+            "Repository replacements are pushed to (registry/name); default: the source's own "
+            "repository, under a new unique tag (tags are never overwritten)."
+        ),
+    )
+
+
 class PolicySpec(_Model):
     mode: Mode = Field(default=Mode.enforce, description="enforce denies, warn and audit admit.")
     on_error: OnError = Field(
@@ -288,6 +304,7 @@ class PolicySpec(_Model):
         description="os/arch[/variant] to check in multi-arch images; default: the node's.",
     )
     rules: Rules = Field(default_factory=Rules)
+    remediation: Remediation = Field(default_factory=Remediation)
 
     @field_validator("platform")
     @classmethod

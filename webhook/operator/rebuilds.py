@@ -1,0 +1,172 @@
+"""Reconciling one ImageRebuild: run the engine, write the status, say what happened.
+
+Idempotent: a rebuild whose status already records a result for the current generation is
+not run again, and the engine itself produces the same digest for the same source and fixes
+and never moves a tag. Registry trouble is temporary (retried with backoff by kopf); an image
+that cannot be fixed is permanent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webhook.errors import ImagegateError, RebuildError, RegistryError, Unfixable
+from webhook.k8s.objects import ImagegateObjects
+from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.model import ImagePolicy
+from webhook.rebuild.engine import RebuildResult, rebuild
+from webhook.rebuild.model import ImageRebuildSpec, Phase
+from webhook.registry.client import RegistryClient
+from webhook.registry.facts import Platform
+
+log = logging.getLogger("imagegate.operator")
+PLURAL = "imagerebuilds"
+DONE = {Phase.succeeded.value, Phase.unfixable.value}
+
+
+class RetryLater(Exception):
+    """Registry or API trouble: kopf retries the handler after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class GiveUp(Exception):
+    """The rebuild cannot succeed as specified: kopf stops retrying."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to tell the user (as an Event) once the status is written."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+class RebuildService:
+    def __init__(
+        self,
+        client: RegistryClient,
+        checker: Checker,
+        objects: ImagegateObjects,
+        policies: Any,
+        workdir: Path | None = None,
+    ) -> None:
+        self._client = client
+        self._checker = checker
+        self._objects = objects
+        self._policies = policies
+        self._workdir = workdir
+
+    async def reconcile(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        status: dict[str, Any],
+        generation: int,
+        retry: int,
+    ) -> Outcome | None:
+        """Run the rebuild unless it is already done for this generation."""
+        if status.get("phase") in DONE and status.get("observedGeneration") == generation:
+            return None
+        try:
+            wanted = ImageRebuildSpec.model_validate(spec)
+        except ValueError as err:
+            await self._write(namespace, name, generation, Phase.failed, f"invalid spec: {err}")
+            raise GiveUp(f"invalid spec: {err}") from None
+        await self._write(namespace, name, generation, Phase.running, f"rebuilding {wanted.source}")
+        policies = self._chosen_policies(wanted)
+        try:
+            with tempfile.TemporaryDirectory(
+                prefix="imagegate-rebuild-", dir=self._workdir
+            ) as work:
+                result = await rebuild(
+                    self._client,
+                    self._checker,
+                    wanted.source,
+                    wanted.target_repository,
+                    policies,
+                    fixes=list(wanted.fixes) if wanted.fixes else None,
+                    user=wanted.user or "65532:65532",
+                    rebase_onto=wanted.rebase_onto,
+                    platform=Platform.parse(wanted.platforms[0])
+                    if wanted.platforms and len(wanted.platforms) == 1
+                    else None,
+                    workdir=Path(work),
+                )
+        except Unfixable as err:
+            await self._write(namespace, name, generation, Phase.unfixable, str(err))
+            raise GiveUp(str(err)) from None
+        except RegistryError as err:
+            message = f"registry trouble, will retry: {err}"
+            await self._write(namespace, name, generation, Phase.pending, message)
+            raise RetryLater(message, delay=min(300.0, 10.0 * 2**retry)) from None
+        except (RebuildError, ImagegateError) as err:
+            await self._write(namespace, name, generation, Phase.failed, str(err))
+            raise GiveUp(str(err)) from None
+        await self._objects.patch_status(PLURAL, namespace, name, _status(result, generation))
+        if result.succeeded:
+            saved = f", {result.bytes_saved:,} bytes saved" if result.bytes_saved else ""
+            return Outcome("Rebuilt", f"{wanted.source} → {result.replacement}{saved}")
+        return Outcome("StillFailing", f"{result.replacement}: {result.reason}", warning=True)
+
+    def _chosen_policies(self, spec: ImageRebuildSpec) -> list[ImagePolicy]:
+        policies: list[ImagePolicy] = list(self._policies.policies)
+        if spec.policy:
+            chosen = [p for p in policies if p.name == spec.policy]
+            if not chosen:
+                raise GiveUp(f"ImagePolicy {spec.policy!r} does not exist")
+            return chosen
+        return policies or [ImagePolicy()]
+
+    async def _write(
+        self, namespace: str, name: str, generation: int, phase: Phase, message: str
+    ) -> None:
+        status = {
+            "phase": phase.value,
+            "message": message,
+            "observedGeneration": generation,
+            "conditions": [_condition(phase, message, generation)],
+        }
+        await self._objects.patch_status(PLURAL, namespace, name, status)
+
+
+def _status(result: RebuildResult, generation: int) -> dict[str, Any]:
+    phase = result.phase
+    message = result.reason or f"replacement {result.replacement} passes the policy"
+    return {
+        "phase": phase.value,
+        "sourceDigest": result.source_digest,
+        "replacement": result.replacement,
+        "replacementTag": result.replacement_tag,
+        "before": _verdicts(result.before),
+        "after": _verdicts(result.after),
+        "bytesSaved": result.bytes_saved,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": [_condition(phase, message, generation)],
+    }
+
+
+def _verdicts(result: CheckResult) -> dict[str, Any]:
+    return {"verdict": result.verdict, "failedRules": sorted({v.rule for v in result.violations})}
+
+
+def _condition(phase: Phase, message: str, generation: int) -> dict[str, Any]:
+    ready = {Phase.succeeded: "True", Phase.running: "Unknown", Phase.pending: "Unknown"}
+    return {
+        "type": "Ready",
+        "status": ready.get(phase, "False"),
+        "reason": phase.value,
+        "message": message[:1000],
+        "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "observedGeneration": generation,
+    }

@@ -1,0 +1,134 @@
+"""Everything the operator's handlers use, built once at kopf startup and closed at cleanup.
+
+It also runs the background audit: a scan of every workload every `scan_seconds`, and as soon
+as an ImagePolicy changes; its results become PolicyReports and Events, and, for policies with
+`remediation.auto`, ImageRebuilds of the images that fail in audit mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from webhook.errors import ImagegateError
+from webhook.k8s.cluster import GROUP, VERSION, KubernetesCluster
+from webhook.k8s.objects import ImagegateObjects
+from webhook.operator.rebuilds import PLURAL, RebuildService
+from webhook.operator.scan import Scanner
+from webhook.policy.checker import Checker
+from webhook.policy.model import ImagePolicy, Mode
+from webhook.policy.store import ClusterPolicies
+from webhook.registry.auth import Keyring
+from webhook.registry.client import RegistryClient
+from webhook.registry.reference import Reference
+from webhook.report.policyreport import ReportEntry
+from webhook.report.recorder import report_writer
+from webhook.settings import Settings
+
+log = logging.getLogger("imagegate.operator")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    cluster: KubernetesCluster
+    client: RegistryClient
+    policies: ClusterPolicies
+    objects: ImagegateObjects
+    scanner: Scanner
+    rebuilds: RebuildService
+    scan_wanted: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings | None = None) -> Runtime:
+        settings = settings or Settings()
+        cluster = KubernetesCluster.connect(settings.webhook.kubeconfig)
+        keyring = Keyring.from_docker_config(settings.registry.docker_config)
+        client = RegistryClient(settings.registry, keyring)
+        checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
+        policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
+        objects = ImagegateObjects(cluster.api_client)
+        writer = report_writer(cluster)
+        scanner = Scanner(checker, cluster, writer, keyring)
+        rebuilds = RebuildService(client, checker, objects, policies, settings.operator.workdir)
+        runtime = cls(
+            settings, cluster, client, policies, objects, scanner, rebuilds, asyncio.Event()
+        )
+        if settings.operator.scan_on_start:
+            runtime.scan_wanted.set()
+        runtime.task = asyncio.create_task(runtime._audit_loop(), name="imagegate audit")
+        return runtime
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.aclose()
+        self.cluster.close()
+
+    async def policy_changed(self) -> None:
+        self.scan_wanted.set()
+
+    async def _audit_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # the period ended: scan anyway
+                await asyncio.wait_for(
+                    self.scan_wanted.wait(), timeout=self.settings.operator.scan_seconds
+                )
+            self.scan_wanted.clear()
+            try:
+                await self.audit_once()
+            except ImagegateError as err:
+                log.error("background audit failed", extra={"error": str(err)})
+
+    async def audit_once(self) -> None:
+        """Scan, record PolicyReports and Events, and request automatic rebuilds."""
+        await self.policies.refresh()
+        policies = self.policies.policies
+        outcome = await self.scanner.scan(policies)
+        await self.scanner.record(outcome)
+        await self._remediate(outcome.entries, {p.name: p for p in policies})
+
+    async def _remediate(
+        self, entries: list[ReportEntry], policies: dict[str, ImagePolicy]
+    ) -> None:
+        """ImageRebuilds for images failing an audit-mode policy with `remediation.auto`."""
+        for entry in entries:
+            result = entry.result
+            if result.verdict != "fail" or not result.digest:
+                continue
+            for name in sorted({v.policy for v in result.violations}):
+                policy = policies.get(name)
+                if policy is None or policy.spec.mode is not Mode.audit:
+                    continue
+                if not policy.spec.remediation.auto:
+                    continue
+                await self._request_rebuild(entry, policy, result.digest)
+
+    async def _request_rebuild(self, entry: ReportEntry, policy: ImagePolicy, digest: str) -> None:
+        source = Reference.parse(entry.result.image)
+        target = policy.spec.remediation.target_repository or source.name
+        name = f"auto-{hashlib.sha256(f'{digest}|{target}'.encode()).hexdigest()[:16]}"
+        body: dict[str, Any] = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ImageRebuild",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "imagegate"},
+                "annotations": {
+                    "imagegate.dev/requested-for": f"{entry.workload.kind}/{entry.workload.name}"
+                },
+            },
+            "spec": {
+                "source": f"{source.name}{':' + source.tag if source.tag else ''}@{digest}",
+                "targetRepository": target,
+                "policy": policy.name,
+            },
+        }
+        if await self.objects.create_if_absent(PLURAL, entry.workload.namespace, body):
+            log.info("requested ImageRebuild %s/%s for %s", entry.workload.namespace, name, source)
