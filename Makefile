@@ -59,9 +59,10 @@ test: engine lint
 demo: engine venv
 	$(VENV)/bin/python hack/demo.py
 
-bench: engine venv
+bench: engine venv tools
 	$(VENV)/bin/python bench/bench_check.py
 	$(VENV)/bin/python bench/bench_webhook.py
+	$(VENV)/bin/python bench/bench_scan.py
 
 # Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
 -include hack/make/*.mk

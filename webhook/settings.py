@@ -126,7 +126,6 @@ class OperatorSettings(BaseSettings):
     workdir: Path | None = Field(
         default=None, description="Where rebuilds stage layers (default: the system temp dir)."
     )
-    scan_on_start: bool = Field(default=True, description="Scan once as soon as the operator runs.")
 
 
 class Settings(BaseSettings):

@@ -363,7 +363,7 @@ def test_url_mode_refuses_incomplete_values(render: Render, sets: list[str], mes
         pytest.param(["webhook.bogus=1"], id="unknown-webhook-key"),
         pytest.param(["bogus=1"], id="unknown-top-level-key"),
         pytest.param(["webhook.failurePolicy=Sometimes"], id="bad-enum"),
-        pytest.param(["operator.replicas=2"], id="operator-replicas"),
+        pytest.param(["operator.replicas=9"], id="operator-replicas"),
         pytest.param(["policy.spec.rules.sizeBudget.typo=1"], id="unknown-policy-key"),
     ],
 )

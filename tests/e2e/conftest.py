@@ -25,13 +25,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from hack.cluster import BinaryNotFoundError, Cluster, ClusterError, start_cluster
+from tests.chart.conftest import find_helm
 from tests.conftest import missing_part
+from tests.integration.webhook_server import WebhookServer, free_port, start_webhook
+from webhook.admission.tls import self_signed
 
 _SUMMARY = pytest.StashKey[list[str]]()
 
@@ -95,3 +104,119 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         yield name
     finally:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# ---- imagegate installed with helm, its webhook served from the host (url mode) ----------
+
+RELEASE = "imagegate"
+SYSTEM = "imagegate-system"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
+AUDIT_LABEL = "e2e.imagegate.dev/mode"
+
+
+@dataclass
+class Install:
+    cluster: Cluster
+    helm: str
+    values: Path
+    webhook: WebhookServer
+    restart: Any
+    directory: Path
+
+    def kubectl(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(*args, check=check, input=stdin)
+
+    def apply(self, manifest: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", *extra, check=False, stdin=yaml.safe_dump(manifest))
+
+    def run_helm(self, *args: str) -> None:
+        run_helm(self.helm, self.cluster, *args)
+
+
+def run_helm(helm: str, cluster: Cluster, *args: str) -> None:
+    done = subprocess.run(
+        [helm, *args, "--kubeconfig", str(cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"helm {' '.join(args[:2])} failed:\n{done.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def installed(
+    cluster: Cluster,
+    fixture_images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Install]:
+    helm = find_helm()
+    if helm is None:
+        missing_part("no helm binary: run hack/build-tools.sh")
+    directory = tmp_path_factory.mktemp("e2e-webhook")
+    cluster.kubectl("delete", "imagepolicies", "--all", check=False)  # a fresh start per module
+    certs = self_signed(["127.0.0.1"], directory / "tls")
+    port = free_port()
+    values = directory / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "webhook": {
+                    "external": {"url": f"https://127.0.0.1:{port}", "caBundle": certs.ca_bundle()},
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 10,
+                },
+                "operator": {"enabled": True},
+                "policyReports": {"installCRDs": True},
+                "policy": {
+                    "spec": {
+                        "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+                        "rules": {
+                            "allowedBases": {"references": [fixture_images["base"]]},
+                            "sizeBudget": {"maxCompressedSize": "2MB"},
+                        },
+                    }
+                },
+            }
+        )
+    )
+    run_helm(
+        helm, cluster, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace",
+        "--values", str(values),
+    )  # fmt: skip
+    account = cluster.kubectl(
+        "get", "serviceaccounts", "-n", SYSTEM, "-l", "app.kubernetes.io/component=webhook",
+        "-o", "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()  # fmt: skip
+    kubeconfig = cluster.serviceaccount_kubeconfig(SYSTEM, account)
+    empty_docker_config = directory / "docker"
+    empty_docker_config.mkdir()
+    (empty_docker_config / "config.json").write_text("{}")
+    env = {
+        "KUBECONFIG": str(kubeconfig),
+        "IMAGEGATE_WEBHOOK_KUBERNETES": "required",
+        "IMAGEGATE_NAMESPACE": SYSTEM,
+        "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "0.5",
+        "DOCKER_CONFIG": str(empty_docker_config),  # only pull secrets may open private images
+    }
+
+    def start() -> WebhookServer:
+        server = start_webhook(directory, ["--policies-from-cluster"], env, certs=certs, port=port)
+        _wait_ready(server)
+        return server
+
+    install = Install(cluster, helm, values, start(), start, directory)
+    yield install
+    install.webhook.stop()
+    # Other modules' tests must not meet this webhook (CRDs stay, as helm leaves them).
+    run_helm(helm, cluster, "uninstall", RELEASE, "--namespace", SYSTEM)
+
+
+def _wait_ready(server: WebhookServer) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with server.client() as http:
+            if http.get("/readyz").status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the webhook never became ready:\n{server.logs()}")

@@ -8,60 +8,18 @@ ServiceAccount token, which proves the chart's RBAC is enough.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from hack.cluster import Cluster
 from hack.registry import RegistryProcess
-from tests.chart.conftest import find_helm
-from tests.conftest import missing_part
+from tests.e2e.conftest import AUDIT_LABEL, CHART, RELEASE, SYSTEM, Install
 from tests.fixtures.images import push_copy
-from tests.integration.webhook_server import WebhookServer, free_port, start_webhook
-from webhook.admission.tls import self_signed
+from tests.integration.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
-
-RELEASE = "imagegate"
-SYSTEM = "imagegate-system"
-CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
-AUDIT_LABEL = "e2e.imagegate.dev/mode"
-
-
-@dataclass
-class Install:
-    cluster: Cluster
-    helm: str
-    values: Path
-    webhook: WebhookServer
-    restart: Any
-
-    def kubectl(
-        self, *args: str, check: bool = True, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return self.cluster.kubectl(*args, check=check, input=stdin)
-
-    def apply(self, manifest: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
-        return self.kubectl("apply", "-f", "-", *extra, check=False, stdin=yaml.safe_dump(manifest))
-
-    def run_helm(self, *args: str) -> None:
-        run_helm(self.helm, self.cluster, *args)
-
-
-def run_helm(helm: str, cluster: Cluster, *args: str) -> None:
-    done = subprocess.run(
-        [helm, *args, "--kubeconfig", str(cluster.kubeconfig)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.fail(f"helm {' '.join(args[:2])} failed:\n{done.stderr}", pytrace=False)
 
 
 def pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
@@ -88,81 +46,6 @@ def deployment(name: str, image: str) -> dict[str, Any]:
             },
         },
     }
-
-
-@pytest.fixture(scope="module")
-def installed(
-    cluster: Cluster,
-    fixture_images: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Install]:
-    helm = find_helm()
-    if helm is None:
-        missing_part("no helm binary: run hack/build-tools.sh")
-    directory = tmp_path_factory.mktemp("e2e-webhook")
-    certs = self_signed(["127.0.0.1"], directory / "tls")
-    port = free_port()
-    values = directory / "values.yaml"
-    values.write_text(
-        yaml.safe_dump(
-            {
-                "webhook": {
-                    "external": {"url": f"https://127.0.0.1:{port}", "caBundle": certs.ca_bundle()},
-                    "failurePolicy": "Fail",
-                    "timeoutSeconds": 10,
-                },
-                "operator": {"enabled": False},
-                "policyReports": {"installCRDs": True},
-                "policy": {
-                    "spec": {
-                        "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
-                        "rules": {
-                            "allowedBases": {"references": [fixture_images["base"]]},
-                            "sizeBudget": {"maxCompressedSize": "2MB"},
-                        },
-                    }
-                },
-            }
-        )
-    )
-    run_helm(
-        helm, cluster, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace",
-        "--values", str(values),
-    )  # fmt: skip
-    account = cluster.kubectl(
-        "get", "serviceaccounts", "-n", SYSTEM, "-l", "app.kubernetes.io/component=webhook",
-        "-o", "jsonpath={.items[0].metadata.name}",
-    ).stdout.strip()  # fmt: skip
-    kubeconfig = cluster.serviceaccount_kubeconfig(SYSTEM, account)
-    empty_docker_config = directory / "docker"
-    empty_docker_config.mkdir()
-    (empty_docker_config / "config.json").write_text("{}")
-    env = {
-        "KUBECONFIG": str(kubeconfig),
-        "IMAGEGATE_WEBHOOK_KUBERNETES": "required",
-        "IMAGEGATE_NAMESPACE": SYSTEM,
-        "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "0.5",
-        "DOCKER_CONFIG": str(empty_docker_config),  # only pull secrets may open private images
-    }
-
-    def start() -> WebhookServer:
-        server = start_webhook(directory, ["--policies-from-cluster"], env, certs=certs, port=port)
-        _wait_ready(server)
-        return server
-
-    install = Install(cluster, helm, values, start(), start)
-    yield install
-    install.webhook.stop()
-
-
-def _wait_ready(server: WebhookServer) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with server.client() as http:
-            if http.get("/readyz").status_code == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"the webhook never became ready:\n{server.logs()}")
 
 
 def test_the_chart_is_accepted_by_a_real_api_server(installed: Install) -> None:

@@ -109,7 +109,9 @@ def other_namespace(cluster: Cluster) -> Iterator[str]:
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def entry(namespace: str, name: str, verdict: str = "pass", kind: str = "Deployment") -> ReportEntry:
+def entry(
+    namespace: str, name: str, verdict: str = "pass", kind: str = "Deployment"
+) -> ReportEntry:
     violations = (
         [Violation("non-root-user", "runs as root: add USER 65532", Severity.high, "default")]
         if verdict == "fail"
@@ -174,6 +176,7 @@ async def test_reports_written_to_the_api_server_read_back_as_the_same_entries(
         ("PolicyReport", report_name(other_namespace)),
         ("ClusterPolicyReport", CLUSTER_SUMMARY_NAME),
     }
+
     def key(e: ReportEntry) -> tuple[Any, ...]:
         r = e.result
         return (e.workload, e.container, r.image, r.digest, r.verdict, r.violations, e.checked_at)

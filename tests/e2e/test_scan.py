@@ -1,7 +1,9 @@
 """The operator's background scan against a real API server, registry and fixture images.
 
 No controller-manager runs here, so the ReplicaSet and Pod a Deployment would make are created
-by hand with the owner references the controllers would set.
+by hand with the owner references the controllers would set. The test namespaces carry the
+webhook's opt-out label, so that an imagegate webhook another module left registered cannot
+refuse these deliberately bad workloads; the scanner here is told not to honour that label.
 """
 
 from __future__ import annotations
@@ -76,10 +78,20 @@ def apply(cluster: Cluster, namespace: str, obj: dict[str, Any]) -> dict[str, An
     return dict(json.loads(done.stdout))
 
 
+OPT_OUT = "imagegate.dev/ignore"
+
+
+@pytest.fixture
+def first_namespace(cluster: Cluster, namespace: str) -> str:
+    cluster.kubectl("label", "namespace", namespace, f"{OPT_OUT}=true")
+    return namespace
+
+
 @pytest.fixture
 def second_namespace(cluster: Cluster) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, f"{OPT_OUT}=true")
     try:
         yield name
     finally:
@@ -120,7 +132,7 @@ def writer(kube: KubernetesCluster) -> ReportWriter:
 @pytest.fixture
 async def scanner(kube: KubernetesCluster, writer: ReportWriter) -> AsyncIterator[Scanner]:
     async with RegistryClient(RegistrySettings(), Keyring.empty()) as client:
-        yield Scanner(Checker(client), kube, writer, Keyring.empty())
+        yield Scanner(Checker(client), kube, writer, Keyring.empty(), opt_out_label=None)
 
 
 def results_by_resource(outcome_reports: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
@@ -151,13 +163,15 @@ async def test_scan_reports_each_workload_once_with_results_per_rule(
     policy: ImagePolicy,
     cluster: Cluster,
     fixture_images: dict[str, str],
-    namespace: str,
+    first_namespace: str,
     second_namespace: str,
 ) -> None:
-    images = fixture_images
+    images, namespace = fixture_images, first_namespace
     apply(cluster, namespace, pod("good", images["good"]))
     apply(cluster, namespace, pod("root", images["root-script"]))
-    web = apply(cluster, namespace, controller("Deployment", "apps/v1", "web", images["shell-chain"]))
+    web = apply(
+        cluster, namespace, controller("Deployment", "apps/v1", "web", images["shell-chain"])
+    )
     rs = apply(
         cluster,
         namespace,
@@ -167,7 +181,9 @@ async def test_scan_reports_each_workload_once_with_results_per_rule(
         ),
     )  # fmt: skip
     apply(cluster, namespace, pod("web-5d4f-x1", images["shell-chain"], owner_ref(rs)))
-    apply(cluster, second_namespace, controller("Deployment", "apps/v1", "api", images["named-user"]))
+    apply(
+        cluster, second_namespace, controller("Deployment", "apps/v1", "api", images["named-user"])
+    )
     apply(cluster, second_namespace, pod("big", images["big"]))
 
     outcome = await scanner.scan([policy])
@@ -207,8 +223,9 @@ async def test_rescan_after_a_workload_is_deleted_removes_its_results(
     policy: ImagePolicy,
     cluster: Cluster,
     fixture_images: dict[str, str],
-    namespace: str,
+    first_namespace: str,
 ) -> None:
+    namespace = first_namespace
     apply(cluster, namespace, pod("stays", fixture_images["good"]))
     apply(cluster, namespace, pod("goes", fixture_images["zero"]))
     await scanner.record(await scanner.scan([policy]))

@@ -226,22 +226,26 @@ class KubernetesCluster:
         def read() -> list[dict[str, Any]]:
             import json
 
+            from kubernetes.client.exceptions import ApiException
+
             items: list[dict[str, Any]] = []
             token: str | None = None
             while True:
                 query: list[tuple[str, Any]] = [("limit", page_size)]
                 if token:
                     query.append(("continue", token))
-                response = self._api_client.call_api(
-                    path,
-                    "GET",
+                request = self._api_client.param_serialize(
+                    method="GET",
+                    resource_path=path,
                     query_params=query,
                     header_params={"Accept": "application/json"},
                     auth_settings=["BearerToken"],
-                    _preload_content=False,
-                    _return_http_data_only=True,
                 )
-                page = json.loads(response.data)
+                response = self._api_client.call_api(*request)
+                data = response.read()
+                if not 200 <= response.status < 300:
+                    raise ApiException(response.status, response.reason, body=data.decode())
+                page = json.loads(data)
                 kind = str(page.get("kind", ""))
                 item_kind = kind[: -len("List")] if kind.endswith("List") else kind
                 for item in page.get("items") or []:

@@ -8,6 +8,10 @@ from typing import Any
 from webhook.k8s.cluster import GROUP, VERSION, ClusterError
 
 
+class Conflict(ClusterError):
+    """The object changed since it was read (HTTP 409 on a resourceVersion precondition)."""
+
+
 class ImagegateObjects:
     """CustomObjectsApi calls for imagegate.dev objects, run in threads like the rest of k8s/."""
 
@@ -16,13 +20,34 @@ class ImagegateObjects:
 
         self._custom = k8s.CustomObjectsApi(api_client)
 
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = await self._call(
+            lambda: self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            ),
+            f"{plural} {namespace}/{name}",
+        )
+        return obj
+
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> None:
-        """Merge-patch `status` through the status subresource (the spec is never touched)."""
+        """Merge-patch `status` through the status subresource (the spec is never touched).
+
+        With `resource_version` the patch only applies to that version of the object (the API
+        server answers 409 otherwise, raised as Conflict): an atomic claim.
+        """
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         await self._call(
             lambda: self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}
+                GROUP, VERSION, namespace, plural, name, body
             ),
             f"{plural} {namespace}/{name} status",
         )
@@ -53,6 +78,8 @@ class ImagegateObjects:
         try:
             return await asyncio.to_thread(fn)
         except ApiException as err:
-            raise ClusterError(f"cannot write {what}: {err.status} {err.reason}") from None
+            if err.status == 409:
+                raise Conflict(f"{what} changed meanwhile") from None
+            raise ClusterError(f"cannot access {what}: {err.status} {err.reason}") from None
         except (HTTPError, OSError) as err:
-            raise ClusterError(f"cannot reach the Kubernetes API to write {what}: {err}") from None
+            raise ClusterError(f"cannot reach the Kubernetes API for {what}: {err}") from None

@@ -18,6 +18,7 @@ from webhook.operator.rebuilds import GiveUp, RetryLater
 from webhook.operator.runtime import Runtime
 
 log = logging.getLogger("imagegate.operator")
+TICK_SECONDS = 5.0
 
 
 @kopf.on.startup()
@@ -73,10 +74,20 @@ async def reconcile_rebuild(
         post(body, reason=outcome.reason, message=outcome.message)
 
 
+@kopf.on.resume(GROUP, VERSION, "imagepolicies")
 @kopf.on.create(GROUP, VERSION, "imagepolicies")
 @kopf.on.update(GROUP, VERSION, "imagepolicies")
 @kopf.on.delete(GROUP, VERSION, "imagepolicies", optional=True)
 async def policy_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     log.info("ImagePolicy %s changed: scanning workloads again", name)
-    await runtime.policy_changed()
+    runtime.request_scan()
+
+
+# A timer on the policies (not a free-running task) so that a replica paused by peering does
+# not scan: kopf stops calling handlers of paused operators. The runtime scans at most every
+# `IMAGEGATE_OPERATOR_SCAN_SECONDS`, however many policies tick.
+@kopf.timer(GROUP, VERSION, "imagepolicies", interval=TICK_SECONDS)
+async def audit_tick(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo["runtime"]
+    runtime.tick()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from webhook.errors import ImagegateError, RebuildError, RegistryError, Unfixable
-from webhook.k8s.objects import ImagegateObjects
+from webhook.k8s.cluster import ClusterError
+from webhook.k8s.objects import Conflict, ImagegateObjects
 from webhook.policy.checker import Checker, CheckResult
 from webhook.policy.model import ImagePolicy
 from webhook.rebuild.engine import RebuildResult, rebuild
@@ -27,6 +31,8 @@ from webhook.registry.facts import Platform
 log = logging.getLogger("imagegate.operator")
 PLURAL = "imagerebuilds"
 DONE = {Phase.succeeded.value, Phase.unfixable.value}
+CLAIM_SECONDS = 600.0
+IDENTITY = f"{socket.gethostname()}/{os.getpid()}"
 
 
 class RetryLater(Exception):
@@ -75,14 +81,16 @@ class RebuildService:
         retry: int,
     ) -> Outcome | None:
         """Run the rebuild unless it is already done for this generation."""
-        if status.get("phase") in DONE and status.get("observedGeneration") == generation:
+        if _done(status, generation):
             return None
         try:
             wanted = ImageRebuildSpec.model_validate(spec)
         except ValueError as err:
             await self._write(namespace, name, generation, Phase.failed, f"invalid spec: {err}")
             raise GiveUp(f"invalid spec: {err}") from None
-        await self._write(namespace, name, generation, Phase.running, f"rebuilding {wanted.source}")
+        if not await self._claim(namespace, name, generation, wanted.source):
+            return None
+        log.info("rebuilding %s for ImageRebuild %s/%s", wanted.source, namespace, name)
         policies = self._chosen_policies(wanted)
         try:
             with tempfile.TemporaryDirectory(
@@ -118,6 +126,41 @@ class RebuildService:
             return Outcome("Rebuilt", f"{wanted.source} → {result.replacement}{saved}")
         return Outcome("StillFailing", f"{result.replacement}: {result.reason}", warning=True)
 
+    async def _claim(self, namespace: str, name: str, generation: int, source: str) -> bool:
+        """Atomically mark the rebuild as ours, so two replicas never run it twice.
+
+        kopf peering lets one replica work at a time, but during a hand-over both may hold the
+        same event. The claim is a status patch conditional on the resourceVersion just read:
+        the loser gets 409 and looks again later. A claim older than CLAIM_SECONDS is a dead
+        replica's and is taken over.
+        """
+        try:
+            current = await self._objects.get(PLURAL, namespace, name)
+        except ClusterError as err:
+            raise RetryLater(str(err), delay=5.0) from None
+        status = current.get("status") or {}
+        if _done(status, generation):
+            return False
+        holder, since = status.get("runningBy"), status.get("runningSince")
+        if status.get("phase") == Phase.running.value and holder and holder != IDENTITY:
+            age = time.time() - _epoch(since)
+            if age < CLAIM_SECONDS:
+                raise RetryLater(f"being rebuilt by {holder}", delay=15.0)
+        claim = {
+            "phase": Phase.running.value,
+            "message": f"rebuilding {source}",
+            "observedGeneration": generation,
+            "runningBy": IDENTITY,
+            "runningSince": _now(),
+            "conditions": [_condition(Phase.running, f"rebuilding {source}", generation)],
+        }
+        version = str((current.get("metadata") or {}).get("resourceVersion", ""))
+        try:
+            await self._objects.patch_status(PLURAL, namespace, name, claim, version or None)
+        except Conflict:
+            raise RetryLater("changed while claiming it; looking again", delay=2.0) from None
+        return True
+
     def _chosen_policies(self, spec: ImageRebuildSpec) -> list[ImagePolicy]:
         policies: list[ImagePolicy] = list(self._policies.policies)
         if spec.policy:
@@ -135,8 +178,29 @@ class RebuildService:
             "message": message,
             "observedGeneration": generation,
             "conditions": [_condition(phase, message, generation)],
+            "runningBy": None,  # the claim ends with the attempt
+            "runningSince": None,
         }
         await self._objects.patch_status(PLURAL, namespace, name, status)
+
+
+def _done(status: dict[str, Any], generation: int) -> bool:
+    return status.get("phase") in DONE and status.get("observedGeneration") == generation
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(stamp: Any) -> float:
+    try:
+        return (
+            dt.datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")
+            .replace(tzinfo=dt.UTC)
+            .timestamp()
+        )
+    except ValueError:
+        return 0.0
 
 
 def _status(result: RebuildResult, generation: int) -> dict[str, Any]:
@@ -153,6 +217,8 @@ def _status(result: RebuildResult, generation: int) -> dict[str, Any]:
         "message": message,
         "observedGeneration": generation,
         "conditions": [_condition(phase, message, generation)],
+        "runningBy": None,
+        "runningSince": None,
     }
 
 
@@ -167,6 +233,6 @@ def _condition(phase: Phase, message: str, generation: int) -> dict[str, Any]:
         "status": ready.get(phase, "False"),
         "reason": phase.value,
         "message": message[:1000],
-        "lastTransitionTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastTransitionTime": _now(),
         "observedGeneration": generation,
     }

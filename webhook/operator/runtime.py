@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class Runtime:
     rebuilds: RebuildService
     scan_wanted: asyncio.Event
     task: asyncio.Task[None] | None = None
+    last_scan: float = 0.0
 
     @classmethod
     async def start(cls, settings: Settings | None = None) -> Runtime:
@@ -59,8 +61,9 @@ class Runtime:
         runtime = cls(
             settings, cluster, client, policies, objects, scanner, rebuilds, asyncio.Event()
         )
-        if settings.operator.scan_on_start:
-            runtime.scan_wanted.set()
+        with contextlib.suppress(ImagegateError):  # logged; the poller keeps trying
+            await policies.refresh()  # rebuilds must see the policies before their first event
+        policies.start()
         runtime.task = asyncio.create_task(runtime._audit_loop(), name="imagegate audit")
         return runtime
 
@@ -68,19 +71,23 @@ class Runtime:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        await self.policies.stop()
         await self.client.aclose()
         self.cluster.close()
 
-    async def policy_changed(self) -> None:
+    def request_scan(self) -> None:
         self.scan_wanted.set()
+
+    def tick(self) -> None:
+        """Called by a kopf timer: ask for a scan when the period has passed."""
+        if time.monotonic() - self.last_scan >= self.settings.operator.scan_seconds:
+            self.scan_wanted.set()
 
     async def _audit_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):  # the period ended: scan anyway
-                await asyncio.wait_for(
-                    self.scan_wanted.wait(), timeout=self.settings.operator.scan_seconds
-                )
+            await self.scan_wanted.wait()
             self.scan_wanted.clear()
+            self.last_scan = time.monotonic()
             try:
                 await self.audit_once()
             except ImagegateError as err:

@@ -83,6 +83,12 @@ class ImageRebuildStatus(_Model):
     message: str = ""
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    running_by: str | None = Field(
+        default=None, description="Operator replica rebuilding it now (a claim, see runningSince)."
+    )
+    running_since: str | None = Field(
+        default=None, description="When that replica claimed it; stale claims are taken over."
+    )
 
 
 class ImageRebuild(_Model):

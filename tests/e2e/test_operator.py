@@ -1,0 +1,210 @@
+"""`imagegate operator` against the real API server, with the chart's operator ServiceAccount.
+
+It reconciles ImageRebuilds into compliant replacements pushed to the real registry, two
+replicas never rebuild the same image twice (kopf peering), and the webhook then swaps the
+replacement into new Pods that use the old image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import AUDIT_LABEL, SYSTEM, Install
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Operator:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_operator(installed: Install, name: str, priority: int) -> Operator:
+    account = installed.kubectl(
+        "get", "serviceaccounts", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
+        "-o", "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()  # fmt: skip
+    kubeconfig = installed.cluster.serviceaccount_kubeconfig(SYSTEM, account)
+    log = installed.directory / f"operator-{name}.log"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "IMAGEGATE_OPERATOR_SCAN_SECONDS": "3",
+        "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "1",
+    }
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "webhook", "operator", "--all-namespaces",
+             "--peering=imagegate", f"--priority={priority}", "--log-format=text"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    return Operator(process, log)
+
+
+@pytest.fixture(scope="module")
+def operators(installed: Install) -> Iterator[list[Operator]]:
+    """Two replicas sharing the chart's peering object, as an HA install runs them."""
+    running = [start_operator(installed, "a", 100), start_operator(installed, "b", 200)]
+    time.sleep(3)
+    for op in running:
+        assert op.process.poll() is None, op.logs()
+    yield running
+    for op in running:
+        op.stop()
+
+
+def wait_for_phase(
+    installed: Install, namespace: str, name: str, timeout: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        obj = json.loads(
+            installed.kubectl("get", "imagerebuild", name, "-n", namespace, "-o", "json").stdout
+        )
+        status = obj.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed", "Unfixable"):
+            return status
+        time.sleep(0.5)
+    pytest.fail(f"ImageRebuild {namespace}/{name} never finished: {status}")
+
+
+def rebuild_manifest(name: str, source: str, target: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImageRebuild",
+        "metadata": {"name": name},
+        "spec": {"source": source, "targetRepository": target},
+    }
+
+
+def test_an_image_rebuild_is_reconciled_once_and_swapped_into_new_pods(
+    installed: Install,
+    operators: list[Operator],
+    namespace: str,
+    fixture_images: dict[str, str],
+) -> None:
+    source = fixture_images["root-script"]
+    target = source.rsplit(":", 1)[0] + "-fixed"
+    answer = installed.apply(rebuild_manifest("fix-root", source, target), "-n", namespace)
+    assert answer.returncode == 0, answer.stderr
+    status = wait_for_phase(installed, namespace, "fix-root")
+    assert status["phase"] == "Succeeded", status
+    assert status["replacement"].startswith(f"{target}@sha256:")
+    assert status["before"] == {"verdict": "fail", "failedRules": ["non-root-user"]}
+    assert status["after"] == {"verdict": "pass", "failedRules": []}
+    assert status["conditions"][0]["type"] == "Ready"
+    assert status["conditions"][0]["status"] == "True"
+
+    rebuilt = [op.logs().count(f"ImageRebuild {namespace}/fix-root") for op in operators]
+    assert sorted(rebuilt) == [0, 1], "two replicas must never rebuild the same image twice"
+
+    events = installed.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=fix-root",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout  # fmt: skip
+    assert "Rebuilt" in events
+
+    deadline = time.monotonic() + 15
+    while True:
+        pod = installed.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"swap-{uuid.uuid4().hex[:6]}"},
+                "spec": {"containers": [{"name": "app", "image": source}]},
+            },
+            "-n", namespace, "-o", "json",
+        )  # fmt: skip
+        if pod.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)  # the webhook re-reads ImageRebuilds every second or so
+    assert pod.returncode == 0, pod.stderr
+    stored = json.loads(pod.stdout)
+    assert stored["spec"]["containers"][0]["image"] == status["replacement"]
+    record = json.loads(stored["metadata"]["annotations"]["imagegate.dev/mutations"])
+    assert record[0]["why"] == "replacement"
+
+
+def test_an_unfixable_image_is_reported_not_retried(
+    installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
+) -> None:
+    source = fixture_images["shell-chain"]
+    target = source.rsplit(":", 1)[0] + "-fixed"
+    installed.apply(rebuild_manifest("chain", source, target), "-n", namespace)
+    status = wait_for_phase(installed, namespace, "chain")
+    assert status["phase"] == "Unfixable"
+    assert "&" in status["message"]
+
+
+def test_the_background_audit_writes_policy_reports_and_events(
+    installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
+) -> None:
+    installed.kubectl("label", "namespace", namespace, f"{AUDIT_LABEL}=audit")
+    audit = {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImagePolicy",
+        "metadata": {"name": f"audit-{namespace}"},
+        "spec": {
+            "mode": "audit",
+            "match": {"namespaces": [namespace]},
+            "rules": {"allowedBases": {"references": [fixture_images["base"]]}},
+        },
+    }
+    assert installed.apply(audit).returncode == 0
+    deadline = time.monotonic() + 20
+    while True:  # the webhook re-reads policies every half second
+        pod = installed.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "legacy"},
+                "spec": {"containers": [{"name": "app", "image": fixture_images["zero"]}]},
+            },
+            "-n", namespace,
+        )  # fmt: skip
+        if pod.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert pod.returncode == 0, pod.stderr
+    deadline = time.monotonic() + 60
+    results: list[dict[str, Any]] = []
+    reasons = ""
+    while time.monotonic() < deadline:
+        got = installed.kubectl("get", "policyreports", "-n", namespace, "-o", "json", check=False)
+        items = json.loads(got.stdout).get("items", []) if got.returncode == 0 else []
+        results = [r for item in items for r in item.get("results", [])]
+        reasons = installed.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=legacy",
+            "-o", "jsonpath={.items[*].message}",
+        ).stdout  # fmt: skip
+        if "non-root-user" in reasons and any(
+            r["resources"][0]["name"] == "legacy" for r in results
+        ):
+            break
+        time.sleep(1)
+    failed = {r["rule"] for r in results if r["result"] == "fail"}
+    assert "non-root-user" in failed, results
+    assert "non-root-user" in reasons, "the scan puts a Warning Event on the workload"
