@@ -56,7 +56,7 @@ lint: venv
 test: engine lint
 	eval "$$(hack/tools-env.sh)" && $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
 
-demo: engine venv
+demo: engine venv tools
 	$(VENV)/bin/python hack/demo.py
 
 bench: engine venv tools

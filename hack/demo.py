@@ -1,88 +1,256 @@
-"""`make demo`: build sample images, push them to a local registry, check them.
+"""`make demo`: imagegate end to end, on this machine.
 
-Starts (or reuses) a real registry on localhost:5001, builds the fixture images (good and bad)
-with the Docker engine, writes a demo policy that approves the locally made base, and runs
-`imagegate check` on them, first as a table, then one image as JSON.
+1. A real registry on localhost:5001 and sample images (good and bad) built by the Docker engine.
+2. `imagegate check` on them.
+3. A Kubernetes API server: the local control plane (etcd + kube-apiserver, `hack/cluster.py`),
+   or the current cluster when KUBECONFIG is set. (On kind: `make kind-up kind-load
+   kind-install`, see docs/kind.md.)
+4. `helm install` of charts/imagegate with the webhook in url mode, served by
+   `imagegate serve` on this machine (no kubelet runs Pods here), and `imagegate operator`.
+5. Good and bad workloads applied with kubectl: denials with the fix, audit warnings, a tag
+   pinned to its digest, a root image rebuilt into a compliant replacement and swapped in.
+6. `imagegate report` from the cluster's PolicyReports (table, and an HTML file).
+
+The registry and the control plane keep running afterwards (stop them with
+`python hack/registry.py stop` and `make cluster-down`); the webhook and operator stop.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
+import yaml  # noqa: E402
 
+from hack.cluster import load_cluster  # noqa: E402
 from hack.registry import attach, start_registry  # noqa: E402
+from tests.e2e.manifests import deployment, pod  # noqa: E402
 from tests.fixtures.images import build_fixtures  # noqa: E402
+from webhook.admission.tls import self_signed  # noqa: E402
 
 STATE = Path(os.environ.get("IMAGEGATE_STATE", "/tmp/imagegate"))
 PORT = int(os.environ.get("IMAGEGATE_DEMO_PORT", "5001"))
-SHOWN = (
-    "good",
-    "unlabelled-derived",
-    "tini",
-    "root-script",
-    "named-user",
-    "shell-chain",
-    "supervisor",
-    "big",
-)
+WEBHOOK_PORT = int(os.environ.get("IMAGEGATE_DEMO_WEBHOOK_PORT", "9443"))
+IMAGEGATE = str(ROOT / ".venv" / "bin" / "imagegate")
+SYSTEM = "imagegate-system"
+AUDIT_LABEL = "demo.imagegate.dev/mode"
 
 
 def say(text: str) -> None:
     print(f"\n\033[1;34m==> {text}\033[0m", flush=True)
 
 
-def imagegate(*args: str) -> int:
-    print(f"$ imagegate {shlex.join(args)}", flush=True)
-    return subprocess.run([str(ROOT / ".venv/bin/imagegate"), *args], check=False).returncode
+def show(cmd: list[str], env: dict[str, str] | None = None, check: bool = False) -> int:
+    """Run a command the way a user would type it, printing it and its output."""
+    print(f"$ {shlex.join(c.replace(str(ROOT) + '/', '') for c in cmd)}", flush=True)
+    code = subprocess.run(cmd, env=env, check=False).returncode
+    if check and code != 0:
+        raise SystemExit(f"demo: `{cmd[0]}` failed with exit code {code}")
+    return code
+
+
+def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["kubectl", *args], env=env, input=stdin, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"demo: kubectl {' '.join(args)} failed: {done.stderr}")
+    return done.stdout
+
+
+def apply(env: dict[str, str], manifest: dict[str, Any], namespace: str) -> None:
+    """`kubectl apply` showing what a user sees, warnings and denials included."""
+    what = f"{manifest['kind']}/{manifest['metadata']['name']} ({_images(manifest)})"
+    print(f"$ kubectl apply -n {namespace} -f -   # {what}", flush=True)
+    subprocess.run(
+        ["kubectl", "apply", "-n", namespace, "-f", "-"],
+        env=env, input=yaml.safe_dump(manifest), text=True, check=False,
+    )  # fmt: skip
+
+
+def _images(manifest: dict[str, Any]) -> str:
+    spec = manifest["spec"].get("template", {}).get("spec") or manifest["spec"]
+    return ", ".join(c["image"] for c in spec.get("containers", []))
+
+
+def tools_bin() -> Path:
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-tools.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return Path(out.splitlines()[-1])
+
+
+def cluster_env() -> dict[str, str]:
+    """The environment for kubectl, helm and imagegate: the current KUBECONFIG when set, else
+    the local control plane (started if needed). The e2e tests prove the chart's RBAC with its
+    ServiceAccounts' tokens; the demo keeps it simple and uses the admin credentials."""
+    if os.environ.get("KUBECONFIG"):
+        print(f"using the cluster of KUBECONFIG={os.environ['KUBECONFIG']}")
+        return dict(os.environ)
+    print(f"$ python hack/cluster.py up --state {STATE / 'cluster'}", flush=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "hack/cluster.py"), "up", "--state", str(STATE / "cluster")],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return load_cluster(STATE / "cluster").env()
 
 
 def main() -> int:
-    say(f"registry on 127.0.0.1:{PORT}")
+    STATE.mkdir(parents=True, exist_ok=True)
+    say(f"registry on 127.0.0.1:{PORT}, sample images built by the Docker engine")
     registry = attach(STATE / "registry")
     if registry is None:
         registry = start_registry(STATE / "registry", PORT)
-        registry.detach()  # leave it running for the user to explore
-    print(
-        f"registry {registry.url} (state {registry.state_dir}; stop: python hack/registry.py stop)"
-    )
-
-    say(
-        "building sample images with the Docker engine (FROM scratch + static busybox), "
-        "pushing them"
-    )
+        registry.detach()
     refs = build_fixtures(docker.from_env(timeout=300), registry.host)
     for name, ref in refs.items():
         print(f"  {name:20} {ref}")
+    base = refs["base"]
 
     policy = STATE / "demo-policy.yaml"
-    base = refs["base"]
     policy.write_text(
         "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: demo}\n"
-        "spec:\n  rules:\n"
-        f"    allowedBases: {{references: ['{base}']}}\n"
+        f"spec:\n  rules:\n    allowedBases: {{references: ['{base}']}}\n"
         "    sizeBudget: {maxCompressedSize: 2MB}\n"
     )
-    say(f"policy {policy}: the default policy, approving {base}, with a 2 MB budget")
-    print(policy.read_text())
+    say("imagegate check: the inspection core, straight from the registry")
+    shown = ("good", "tini", "root-script", "named-user", "shell-chain", "supervisor", "big")
+    show([IMAGEGATE, "check", *(refs[n] for n in shown), "--policy", str(policy)])
 
-    say("checking them (exit code 1 means: at least one image violates the policy)")
-    code = imagegate("check", *(refs[n] for n in SHOWN), "--policy", str(policy))
-    print(f"exit code {code}")
+    say("a Kubernetes API server")
+    helm = str(tools_bin() / "helm")
+    admin = cluster_env()
 
-    say("one image as JSON, the contract scripts rely on")
-    imagegate("check", refs["root-script"], "--policy", str(policy), "--output", "json")
+    say("helm install charts/imagegate (webhooks in url mode, served from this machine)")
+    certs = self_signed(["127.0.0.1"], STATE / "webhook-tls")
+    values = STATE / "demo-values.yaml"
+    values.write_text(yaml.safe_dump({
+        "webhook": {"external": {"url": f"https://127.0.0.1:{WEBHOOK_PORT}",
+                                 "caBundle": certs.ca_bundle()}},
+        "policyReports": {"installCRDs": True},
+        "policy": {"spec": {
+            "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+            "rules": {"allowedBases": {"references": [base]},
+                      "sizeBudget": {"maxCompressedSize": "2MB"}},
+        }},
+    }))  # fmt: skip
+    show([helm, "upgrade", "--install", "imagegate", "charts/imagegate", "--namespace", SYSTEM,
+          "--create-namespace", "--values", str(values)], env=admin, check=True)  # fmt: skip
 
-    say("a local image, straight from the Docker engine, before it is pushed")
-    imagegate("check", "docker-daemon:imagegate-fixture/good:1", "--policy", str(policy))
-    return 0 if code in (0, 1) else code
+    logs = STATE / "logs"
+    logs.mkdir(exist_ok=True)
+    say(f"imagegate serve and imagegate operator in the background (logs in {logs})")
+    serve = subprocess.Popen(
+        [IMAGEGATE, "serve", "--policies-from-cluster", "--host", "127.0.0.1",
+         "--port", str(WEBHOOK_PORT), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)],
+        env={**admin, "IMAGEGATE_NAMESPACE": SYSTEM,
+             "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "1"},
+        stdout=(logs / "serve.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    operator = subprocess.Popen(
+        [IMAGEGATE, "operator", "--all-namespaces", "--peering=imagegate", "--log-format=text"],
+        env={**admin, "IMAGEGATE_OPERATOR_SCAN_SECONDS": "5"},
+        stdout=(logs / "operator.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_ready(certs.ca or certs.cert, admin)
+        _workloads(admin, refs)
+    finally:
+        for process in (serve, operator):
+            process.terminate()
+            process.wait(20)
+    print(f"\nThe control plane and the registry keep running: KUBECONFIG={admin.get('KUBECONFIG')}"
+          "\nStop them with `make cluster-down` and `python hack/registry.py stop`.")  # fmt: skip
+    return 0
+
+
+def _wait_ready(ca: Path, env: dict[str, str]) -> None:
+    import ssl
+
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            trust = ssl.create_default_context(cafile=str(ca))
+            answer = httpx.get(f"https://127.0.0.1:{WEBHOOK_PORT}/readyz", verify=trust)
+            if answer.status_code == 200:
+                print(f"webhook ready: {answer.json()}")
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo: the webhook did not become ready; see {STATE / 'logs' / 'serve.log'}")
+
+
+def _workloads(env: dict[str, str], refs: dict[str, str]) -> None:
+    for namespace in ("shop", "legacy"):
+        manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        kubectl(env, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+    kubectl(env, "label", "namespace", "legacy", f"{AUDIT_LABEL}=audit", "--overwrite")
+    kubectl(env, "apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+        "metadata": {"name": "legacy-audit"},
+        "spec": {"mode": "audit", "match": {"namespaces": ["legacy"]},
+                 "rules": {"allowedBases": {"references": [refs["base"]]}}},
+    }))  # fmt: skip
+    time.sleep(2)  # the webhook re-reads ImagePolicies every second
+
+    say("enforce mode (namespace shop): a compliant Deployment is admitted, pinned to its digest")
+    apply(env, deployment("web", refs["good"], replicas=2), "shop")
+    image = kubectl(env, "get", "deployment", "web", "-n", "shop", "-o",
+                    "jsonpath={.spec.template.spec.containers[0].image}")  # fmt: skip
+    print(f"stored image: {image}")
+
+    say("enforce mode: a root image and a shell chain are denied, with the fix")
+    apply(env, pod("cart", refs["root-script"]), "shop")
+    apply(env, deployment("worker", refs["shell-chain"]), "shop")
+
+    say("audit mode (namespace legacy): admitted, kubectl prints the warnings")
+    apply(env, deployment("monolith", refs["named-user"]), "legacy")
+    apply(env, deployment("batch", refs["big"]), "legacy")
+
+    say("the operator rebuilds the root image into a compliant, immutable replacement")
+    source = refs["root-script"]
+    kubectl(env, "apply", "-n", "shop", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImageRebuild",
+        "metadata": {"name": "cart-nonroot"},
+        "spec": {"source": source, "targetRepository": source.rsplit(":", 1)[0]},
+    }))  # fmt: skip
+    status: dict[str, Any] = {}
+    for _ in range(120):
+        status = json.loads(kubectl(env, "get", "imagerebuild", "cart-nonroot", "-n", "shop",
+                                    "-o", "json")).get("status") or {}  # fmt: skip
+        if status.get("phase") in ("Succeeded", "Failed", "Unfixable"):
+            break
+        time.sleep(1)
+    show(["kubectl", "get", "imagerebuilds", "-n", "shop"], env=env)
+    print(json.dumps({k: status.get(k) for k in ("phase", "replacement", "replacementTag",
+                                                   "before", "after")}, indent=2))  # fmt: skip
+
+    say("the same root image again: the webhook swaps in the replacement, and it is admitted")
+    time.sleep(2)  # the webhook re-reads ImageRebuilds every second
+    apply(env, pod("cart", source), "shop")
+    print("stored image:", kubectl(env, "get", "pod", "cart", "-n", "shop", "-o",
+                                   "jsonpath={.spec.containers[0].image}"))  # fmt: skip
+
+    say("the background audit writes PolicyReports; imagegate report reads them")
+    time.sleep(8)
+    show(["kubectl", "get", "policyreports", "-A"], env=env)
+    show([IMAGEGATE, "report", "--from-cluster"], env=env)
+    html = STATE / "report.html"
+    show([IMAGEGATE, "report", "--from-cluster", "--output", "html", "--out", str(html)], env=env)
+    print(f"open {html} in a browser")
 
 
 if __name__ == "__main__":

@@ -16,36 +16,11 @@ import pytest
 
 from hack.registry import RegistryProcess
 from tests.e2e.conftest import AUDIT_LABEL, CHART, RELEASE, SYSTEM, Install
+from tests.e2e.manifests import deployment, pod
 from tests.fixtures.images import push_copy
 from tests.integration.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
-
-
-def pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": image}], **spec},
-    }
-
-
-def deployment(name: str, image: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
 
 
 def test_the_chart_is_accepted_by_a_real_api_server(installed: Install) -> None:

@@ -137,18 +137,6 @@ def exec_argv(script: str) -> list[str]:
     return tokens
 
 
-def _shell_script(argv: list[str]) -> str | None:
-    """The script of `sh [-opts] -c SCRIPT [args…]`, else None (as the rule reads it)."""
-    if not argv or argv[0].rsplit("/", 1)[-1] not in SHELLS:
-        return None
-    for index, token in enumerate(argv[1:], start=1):
-        if not token.startswith("-") or token == "--":
-            return None
-        if "c" in token.lstrip("-") and not token.startswith("--"):
-            return argv[index + 1] if index + 1 < len(argv) else ""
-    return None
-
-
 def fix_entrypoint(
     facts: ImageFacts, rule: SingleEntrypointRule | None = None
 ) -> tuple[list[str] | None, list[str] | None]:
@@ -168,8 +156,8 @@ def fix_entrypoint(
             "form: set an exec-form ENTRYPOINT in its Dockerfile"
         )
     new_entrypoint, new_cmd = entrypoint, cmd
-    ep_script = _shell_script(entrypoint or [])
-    cmd_script = _shell_script(cmd or [])
+    ep_script = single_entrypoint.shell_script(entrypoint or [])
+    cmd_script = single_entrypoint.shell_script(cmd or [])
     if ep_script is not None:
         new_entrypoint, new_cmd = exec_argv(ep_script), None
     elif cmd_script is not None and cmd is not None:

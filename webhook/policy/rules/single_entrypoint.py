@@ -65,7 +65,7 @@ def _problem(rule: SingleEntrypointRule, argv: list[str]) -> str | None:
             "Run each process in its own container (sidecars in the same pod), each with its "
             "own exec-form ENTRYPOINT"
         )
-    script = _shell_script(argv)
+    script = shell_script(argv)
     if script is None:
         return None
     return _shell_problem(rule, program, script)
@@ -100,8 +100,10 @@ def _shell_problem(rule: SingleEntrypointRule, shell: str, script: str) -> str |
     )
 
 
-def _shell_script(argv: list[str]) -> str | None:
+def shell_script(argv: list[str]) -> str | None:
     """The script of `sh [-opts] -c SCRIPT`, or None when argv is not shell form."""
+    if not argv:
+        return None
     if posixpath.basename(argv[0]) not in SHELLS:
         return None
     for index, token in enumerate(argv[1:], start=1):
