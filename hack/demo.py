@@ -159,7 +159,7 @@ def main() -> int:
     )  # fmt: skip
     operator = subprocess.Popen(
         [IMAGEGATE, "operator", "--all-namespaces", "--peering=imagegate", "--log-format=text"],
-        env={**admin, "IMAGEGATE_OPERATOR_SCAN_SECONDS": "5"},
+        env={**admin, "IMAGEGATE_OPERATOR_SCAN_SECONDS": "5", "IMAGEGATE_NAMESPACE": SYSTEM},
         stdout=(logs / "operator.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

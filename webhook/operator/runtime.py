@@ -56,7 +56,12 @@ class Runtime:
         policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
         objects = ImagegateObjects(cluster.api_client)
         writer = report_writer(cluster)
-        scanner = Scanner(checker, cluster, writer, keyring)
+        hook = settings.webhook
+        exempt = [*hook.exempt_namespaces, *([hook.namespace] if hook.namespace else [])]
+        scanner = Scanner(
+            checker, cluster, writer, keyring,
+            exempt_namespaces=exempt, opt_out_label=hook.opt_out_label,
+        )  # fmt: skip
         rebuilds = RebuildService(client, checker, objects, policies, settings.operator.workdir)
         runtime = cls(
             settings, cluster, client, policies, objects, scanner, rebuilds, asyncio.Event()

@@ -203,6 +203,15 @@ def timestamp_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def short_image(image: str) -> str:
+    """`repo:tag@sha256:0123456789ab`: enough of a pinned digest to tell images apart."""
+    name, sep, digest = image.partition("@")
+    if not sep:
+        return image
+    algorithm = digest.partition(":")[0]
+    return f"{name}@{algorithm}:{short_digest(digest)}"
+
+
 def short_digest(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
 
@@ -384,7 +393,7 @@ def render_table(report: Report, console: Console) -> None:
             )
             problems.add_row(
                 *where,
-                Text(r.image),
+                Text(short_image(r.image)),
                 Text(r.rule),
                 Text(f"{r.result} ({r.severity})", style=RESULT_STYLE.get(r.result, "")),
                 Text(r.message),
