@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 
 export IMAGEGATE_STATE ?= /tmp/imagegate
 
-.PHONY: venv deps engine lint test demo bench
+.PHONY: venv deps engine lint test e2e demo bench
 
 venv: $(VENV_STAMP)
 
@@ -55,6 +55,10 @@ lint: venv
 # The pinned kube-apiserver, etcd and helm (hack/tools) are built on first use (cached).
 test: engine lint
 	eval "$$(hack/tools-env.sh)" && $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
+
+# End-to-end tests only: a real kube-apiserver + etcd, the chart installed with helm.
+e2e: engine venv tools
+	eval "$$(hack/tools-env.sh)" && $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests/e2e
 
 demo: engine venv tools
 	$(VENV)/bin/python hack/demo.py

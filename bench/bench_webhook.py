@@ -10,6 +10,7 @@ compared. Warm caches: the review is answered once before measuring. Requirement
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -17,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,12 +28,17 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-from hack.registry import start_registry  # noqa: E402
-from tests.fixtures.images import build_fixtures  # noqa: E402
+from hack.registry import RegistryProcess, await_requests, start_registry  # noqa: E402
+from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
 from tests.integration.reviews import container, pod_spec, review  # noqa: E402
-from tests.integration.webhook_server import free_port, start_webhook  # noqa: E402
+from tests.integration.webhook_server import (  # noqa: E402
+    WebhookServer,
+    free_port,
+    start_webhook,
+)
 
 SECONDS = 8
+COLD = 100
 ROUNDS = 5
 CONNECTIONS = 16
 REQUIRED_RATIO = 0.7
@@ -67,7 +75,8 @@ def main() -> int:
         state = Path(tmp)
         registry = start_registry(state / "registry")
         try:
-            refs = build_fixtures(docker.from_env(timeout=300), registry.host)
+            client = docker.from_env(timeout=300)
+            refs = build_fixtures(client, registry.host)
             (state / "policy.yaml").write_text(
                 "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: bench}\n"
                 f"spec:\n  rules:\n    allowedBases: {{references: ['{refs['base']}']}}\n"
@@ -95,6 +104,7 @@ def main() -> int:
                 for _ in range(ROUNDS):
                     bare_runs.append(wrk(bare_url, body))
                     gate_runs.append(wrk(f"{gate.url}/validate", body))
+                fetches = cold_admissions(gate, registry, client)
             finally:
                 bare.terminate()
                 gate.stop()
@@ -111,7 +121,30 @@ def main() -> int:
         f"ratio imagegate/bare: {ratio:.2f} (required ≥ {REQUIRED_RATIO}; {ROUNDS} alternating "
         f"rounds of {SECONDS}s, {CONNECTIONS} connections, 1 worker each)"
     )
-    return 0 if ratio >= REQUIRED_RATIO else 1
+    print(
+        f"{COLD} concurrent admissions of Pods using one uncached image: registry saw "
+        f"{fetches[0]} manifest GET and {fetches[1]} config blob GET"
+    )
+    return 0 if ratio >= REQUIRED_RATIO and fetches == (1, 1) else 1
+
+
+def cold_admissions(gate: WebhookServer, registry: RegistryProcess, client: Any) -> tuple[int, int]:
+    """100 concurrent reviews of Pods with one image nobody has fetched: fetches per blob."""
+    repo = f"fixtures/cold-{uuid.uuid4().hex[:8]}"
+    push_unique(client, "good", f"{registry.host}/{repo}", "1")
+    since = registry.log_offset()
+    spec = pod_spec(container("app", f"{registry.host}/{repo}:1"))
+    bodies = [review("Pod", spec) for _ in range(COLD)]
+
+    async def send() -> None:
+        async with gate.async_client() as http:
+            answers = await asyncio.gather(*(http.post("/validate", json=b) for b in bodies))
+        assert all(a.status_code == 200 for a in answers)
+
+    asyncio.run(send())
+    manifests = await_requests(registry.log_path, "GET", f"/v2/{repo}/manifests/", 1, since=since)
+    blobs = await_requests(registry.log_path, "GET", f"/v2/{repo}/blobs/", 1, since=since)
+    return manifests, blobs
 
 
 def _median(values: list[float]) -> float:

@@ -171,6 +171,7 @@ def test_the_background_audit_writes_policy_reports_and_events(
             "mode": "audit",
             "match": {"namespaces": [namespace]},
             "rules": {"allowedBases": {"references": [fixture_images["base"]]}},
+            "remediation": {"auto": True},
         },
     }
     assert installed.apply(audit).returncode == 0
@@ -208,3 +209,29 @@ def test_the_background_audit_writes_policy_reports_and_events(
     failed = {r["rule"] for r in results if r["result"] == "fail"}
     assert "non-root-user" in failed, results
     assert "non-root-user" in reasons, "the scan puts a Warning Event on the workload"
+
+    # remediation.auto: the scan asked for a rebuild of the failing image, and it succeeded
+    deadline = time.monotonic() + 90
+    rebuilds: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rebuilds = json.loads(
+            installed.kubectl("get", "imagerebuilds", "-n", namespace, "-o", "json").stdout
+        )["items"]
+        if rebuilds and (rebuilds[0].get("status") or {}).get("phase") == "Succeeded":
+            break
+        time.sleep(1)
+    assert [r["metadata"]["name"][:5] for r in rebuilds] == ["auto-"], rebuilds
+    assert rebuilds[0]["spec"]["source"].startswith(fixture_images["zero"] + "@sha256:")
+    assert rebuilds[0]["status"]["phase"] == "Succeeded", rebuilds[0]["status"]
+
+    # and `imagegate report` reads what the operator wrote, or scans the cluster itself
+    env = {**os.environ, "KUBECONFIG": str(installed.cluster.kubeconfig)}
+    for source in ("--from-cluster", "--scan"):
+        done = subprocess.run(
+            [sys.executable, "-m", "webhook", "report", source, "--output", "json"],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        rows = json.loads(done.stdout)
+        assert namespace in json.dumps(rows), source
+        assert "non-root-user" in json.dumps(rows), source
