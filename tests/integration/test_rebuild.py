@@ -351,3 +351,36 @@ async def test_blob_store_pushes_and_mounts_with_credentials(
         assert await blobs.copy(first, second, digest, tmp_path / "scratch") == "mounted"
         await blobs.download(second, digest, tmp_path / "back")
     assert read(tmp_path / "back") == data
+
+
+def test_the_rebuild_command_prints_the_replacement(
+    fixture_images: dict[str, str], tmp_path: Path
+) -> None:
+    """`imagegate rebuild` is the same engine from the command line (exit codes as documented)."""
+    import sys
+
+    source = fixture_images["root-script"]
+    target = f"{source.rsplit(':', 1)[0]}-cli"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: cli}\n"
+        f"spec:\n  rules:\n    allowedBases: {{references: ['{fixture_images['base']}']}}\n"
+    )
+    command = [sys.executable, "-m", "webhook", "rebuild", source, "--to", target]
+    done = subprocess.run(
+        [*command, "--policy", str(policy)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(f"{target}@sha256:")
+    assert "succeeded: fixes nonRootUser" in done.stderr
+    unfixable = subprocess.run(
+        [sys.executable, "-m", "webhook", "rebuild", fixture_images["shell-chain"], "--to", target,
+         "--policy", str(policy)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert unfixable.returncode == 1
+    assert "cannot fix" in unfixable.stderr

@@ -1,1 +1,1 @@
-"""Rendering results for people and machines: tables, JSON (PolicyReports come later)."""
+"""Results for people and for the ecosystem: PolicyReports, tables, JSON, Markdown, HTML."""

@@ -1,0 +1,70 @@
+"""The chart's own TLS, in a real API server: generated once, kept across `helm upgrade`.
+
+`helm template` cannot prove this (its `lookup` sees no cluster); a real install can. The
+release here uses the in-cluster Service mode; no webhook Pod runs (no kubelet), so the
+webhooks are installed with failurePolicy Ignore and an objectSelector nothing matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography import x509
+
+from hack.cluster import Cluster
+from tests.chart.conftest import find_helm
+from tests.conftest import missing_part
+from tests.e2e.conftest import CHART, run_helm
+
+pytestmark = pytest.mark.integration
+
+RELEASE = "tls-check"
+NAMESPACE = "imagegate-tls"
+QUIET = [
+    "--set", "webhook.failurePolicy=Ignore",
+    "--set", "operator.enabled=false",
+    "--set", "policy.create=false",
+    "--set-json", 'webhook.objectSelector={"matchLabels":{"e2e.imagegate.dev/never":"true"}}',
+]  # fmt: skip
+
+
+def _tls(cluster: Cluster) -> tuple[dict[str, str], set[str]]:
+    secrets = json.loads(cluster.kubectl("get", "secrets", "-n", NAMESPACE, "-o", "json").stdout)
+    [secret] = [s for s in secrets["items"] if s["metadata"]["name"].endswith("-tls")]
+    hooks = json.loads(
+        cluster.kubectl(
+            "get", "validatingwebhookconfigurations,mutatingwebhookconfigurations", "-o", "json"
+        ).stdout
+    )
+    bundles = {
+        w["clientConfig"]["caBundle"]
+        for item in hooks["items"]
+        if item["metadata"]["name"].startswith(RELEASE)
+        for w in item["webhooks"]
+    }
+    return secret["data"], bundles
+
+
+def test_generated_certificate_survives_upgrades_and_matches_the_ca_bundle(
+    cluster: Cluster,
+) -> None:
+    helm = find_helm()
+    if helm is None:
+        missing_part("no helm binary: run hack/build-tools.sh")
+    install = ["--namespace", NAMESPACE, "--create-namespace", *QUIET]
+    run_helm(helm, cluster, "install", RELEASE, str(CHART), *install)
+    try:
+        before, bundles = _tls(cluster)
+        assert bundles == {before["ca.crt"]}, "every webhook trusts the CA that signed the cert"
+        ca = x509.load_pem_x509_certificate(base64.b64decode(before["ca.crt"]))
+        served = x509.load_pem_x509_certificate(base64.b64decode(before["tls.crt"]))
+        served.verify_directly_issued_by(ca)
+
+        run_helm(helm, cluster, "upgrade", RELEASE, str(CHART), *install)
+        after, bundles_after = _tls(cluster)
+        assert after == before, "helm upgrade must keep the serving certificate"
+        assert bundles_after == bundles
+    finally:
+        run_helm(helm, cluster, "uninstall", RELEASE, "--namespace", NAMESPACE)
