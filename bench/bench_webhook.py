@@ -2,7 +2,8 @@
 
 Both run as one uvicorn worker (uvloop + httptools, HTTPS with the same certificate) on this
 2-core machine; wrk (one thread, so it leaves the other core to the server) sends the same
-realistic review, a Deployment with two containers, over 16 connections. Runs alternate (bare,
+realistic review (a Pod as a ReplicaSet creates it, after defaulting: owner reference, token
+volume, tolerations, probes; `realistic_pod_review`), over 16 connections. Runs alternate (bare,
 imagegate, bare, imagegate …) so that noise from the shared machine hits both; the medians are
 compared. Warm caches: the review is answered once before measuring. Requirement: imagegate ≥
 0.7 × bare.
@@ -30,7 +31,12 @@ import httpx  # noqa: E402
 
 from hack.registry import RegistryProcess, await_requests, start_registry  # noqa: E402
 from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
-from tests.integration.reviews import container, pod_spec, review  # noqa: E402
+from tests.integration.reviews import (  # noqa: E402
+    container,
+    pod_spec,
+    realistic_pod_review,
+    review,
+)
 from tests.integration.webhook_server import (  # noqa: E402
     WebhookServer,
     free_port,
@@ -82,8 +88,7 @@ def main() -> int:
                 f"spec:\n  rules:\n    allowedBases: {{references: ['{refs['base']}']}}\n"
             )
             body = state / "review.json"
-            spec = pod_spec(container("app", refs["good"]), container("sidecar", refs["tini"]))
-            body.write_text(json.dumps(review("Deployment", spec)))
+            body.write_text(json.dumps(realistic_pod_review(refs["good"])))
             gate = start_webhook(state, ["--policy", str(state / "policy.yaml")])
             bare_port = free_port()
             bare = subprocess.Popen(

@@ -152,3 +152,68 @@ def review(
             },
         },
     }
+
+
+def realistic_pod_review(image: str, namespace: str = "shop") -> dict[str, Any]:
+    """The review of a Pod as a ReplicaSet creates it, after defaulting: owner reference,
+    service account token volume, tolerations, probes, resources — what a webhook sees most."""
+    app = container(
+        "web",
+        image,
+        ports=[{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+        env=[{"name": "LOG_LEVEL", "value": "info"}, {"name": "PORT", "value": "8080"}],
+        resources={"limits": {"memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}},
+        readinessProbe={
+            "httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
+            "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3,
+        },
+        volumeMounts=[{
+            "name": "kube-api-access-8xk2d", "readOnly": True,
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        }],
+        securityContext={"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    )  # fmt: skip
+    spec = pod_spec(
+        app,
+        volumes=[{
+            "name": "kube-api-access-8xk2d",
+            "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt",
+                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                                            "fieldRef": {"apiVersion": "v1",
+                                                         "fieldPath": "metadata.namespace"}}]}},
+            ]},
+        }],
+        serviceAccountName="default",
+        serviceAccount="default",
+        enableServiceLinks=True,
+        preemptionPolicy="PreemptLowerPriority",
+        priority=0,
+        tolerations=[
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+             "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+             "effect": "NoExecute", "tolerationSeconds": 300},
+        ],
+    )  # fmt: skip
+    body = review("Pod", spec, namespace=namespace, name="")
+    body["request"]["object"]["metadata"] = {
+        "generateName": "web-7d9c5b8f6d-",
+        "namespace": namespace,
+        "creationTimestamp": None,
+        "labels": {"app": "web", "pod-template-hash": "7d9c5b8f6d"},
+        "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9c5b8f6d",
+            "uid": "5f1c2a4e-8a0b-4a55-9d0e-3c5b6f7a8b9c", "controller": True,
+            "blockOwnerDeletion": True,
+        }],
+    }  # fmt: skip
+    body["request"]["userInfo"] = {
+        "username": "system:serviceaccount:kube-system:replicaset-controller",
+        "uid": "0b5e8f6a-2d4c-4e1f-9a3b-7c6d5e4f3a2b",
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system",
+                   "system:authenticated"],
+    }  # fmt: skip
+    return body

@@ -22,7 +22,13 @@ import pytest
 
 from hack.registry import RegistryProcess, await_requests
 from tests.fixtures.images import push_unique
-from tests.integration.reviews import BUILDERS, container, pod_spec, review
+from tests.integration.reviews import (
+    BUILDERS,
+    container,
+    pod_spec,
+    realistic_pod_review,
+    review,
+)
 from tests.integration.webhook_server import WebhookServer, start_webhook
 from webhook.admission.tls import self_signed
 
@@ -104,6 +110,17 @@ def test_every_workload_kind_with_good_images_is_allowed(
     )
     response = post(server, "/validate", review(kind, spec))
     assert response == {"uid": response["uid"], "allowed": True}
+
+
+def test_a_realistic_controller_made_pod_is_answered(
+    server: WebhookServer, fixture_images: dict[str, str]
+) -> None:
+    body = realistic_pod_review(fixture_images["good"], namespace="prod")
+    assert post(server, "/validate", body) == {"uid": body["request"]["uid"], "allowed": True}
+    bad = realistic_pod_review(fixture_images["zero"], namespace="prod")
+    answer = post(server, "/validate", bad)
+    assert answer["allowed"] is False
+    assert "imagegate denied Pod prod/web-7d9c5b8f6d-*" in answer["status"]["message"]
 
 
 def test_message_lists_every_violation_of_every_container(

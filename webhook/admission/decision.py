@@ -77,6 +77,8 @@ def decide(
     uid: str, subject: str, findings: list[Finding], policies: Mapping[str, ImagePolicy]
 ) -> Decision:
     """The validating answer for `subject` (for example `Deployment team-a/web`)."""
+    if all(f.result.verdict == "pass" for f in findings):  # the common case, kept cheap
+        return Decision(AdmissionResponse(uid=uid, allowed=True))
     problems = [p for f in findings for p in problems_of(f, policies)]
     denying = [p for p in problems if p.mode is Mode.enforce]
     admitted = [p for p in problems if p.mode is not Mode.enforce]

@@ -73,7 +73,7 @@ def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ResultKey = tuple[str, tuple[int, ...], str, ContainerContext | None]
+ResultKey = tuple[str, tuple[int, ...], Platform, ContainerContext | None]
 
 
 class Checker:
@@ -112,7 +112,7 @@ class Checker:
             return known
         result = await self._check(image, applicable, chosen, container, keyring)
         if result.verdict != "error":  # errors have their own, shorter negative cache
-            key: ResultKey = (image, tuple(map(id, applicable)), str(chosen), container)
+            key: ResultKey = (image, tuple(map(id, applicable)), chosen, container)
             self._results[key] = (tuple(applicable), result)
         return result
 
@@ -141,7 +141,7 @@ class Checker:
         chosen = platform or _policy_platform(applicable) or Platform.host()
         if not applicable:
             return applicable, chosen, CheckResult(image, "pass")
-        cached = self._results.get((image, tuple(map(id, applicable)), str(chosen), container))
+        cached = self._results.get((image, tuple(map(id, applicable)), chosen, container))
         return applicable, chosen, cached[1] if cached is not None else None
 
     async def _check(
