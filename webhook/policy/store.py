@@ -98,7 +98,9 @@ class ClusterPolicies:
                 problems.append(str(err))
         if problems and problems != self._problems:
             log.error("invalid ImagePolicies skipped", extra={"problems": problems})
-        self._policies, self._problems, self._ready = policies, problems, True
+        if policies != self._policies:  # unchanged objects keep the checker's verdict cache warm
+            self._policies = policies
+        self._problems, self._ready = problems, True
 
     def start(self) -> None:
         self._poller.start()
