@@ -74,6 +74,7 @@ kind-install:
 		--set image.registry=localhost:$(KIND_REGISTRY_PORT) --set image.repository=imagegate \
 		--set image.digest=$$(cat $(KIND_DIGEST_FILE)) \
 		--set-json 'webhook.extraEnv=[{"name":"IMAGEGATE_REGISTRY_MIRRORS","value":"{\"localhost:$(KIND_REGISTRY_PORT)\":\"$(KIND_REGISTRY_NAME):5000\"}"}]' \
+		--set-json 'operator.extraEnv=[{"name":"IMAGEGATE_REGISTRY_MIRRORS","value":"{\"localhost:$(KIND_REGISTRY_PORT)\":\"$(KIND_REGISTRY_NAME):5000\"}"}]' \
 		--wait --timeout 5m
 	$(HELM) test imagegate --kube-context kind-$(KIND_CLUSTER) --namespace $(KIND_NAMESPACE)
 
