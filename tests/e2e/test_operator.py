@@ -159,6 +159,19 @@ def test_an_unfixable_image_is_reported_not_retried(
     assert "&" in status["message"]
 
 
+def test_a_rebuild_naming_a_missing_policy_fails_and_says_why(
+    installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
+) -> None:
+    source = fixture_images["root-script"]
+    manifest = rebuild_manifest("typo", source, source.rsplit(":", 1)[0] + "-fixed")
+    manifest["spec"]["policy"] = "no-such-policy"
+    installed.apply(manifest, "-n", namespace)
+    status = wait_for_phase(installed, namespace, "typo")
+    assert status["phase"] == "Failed"
+    assert "no-such-policy" in status["message"]
+    assert "runningBy" not in status
+
+
 def test_the_background_audit_writes_policy_reports_and_events(
     installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
 ) -> None:

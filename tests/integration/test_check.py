@@ -316,3 +316,20 @@ def test_concurrent_checks_of_one_uncached_image_fetch_once(
         registry.log_path, "GET", f"/v2/{repo_path}/blobs/", 1, status=200, since=since
     )
     assert (manifests, blobs) == (1, 1)
+
+
+def test_an_unreadable_approved_base_is_an_error_not_a_violation(
+    fixture_images: dict[str, str], tmp_path: Path
+) -> None:
+    """Without base evidence, a base that cannot be read might still be the right one."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: p}\n"
+        "spec:\n  rules:\n    allowedBases: {references: ['localhost:1/gone/base:1']}\n"
+    )
+    image = fixture_images["unlabelled-derived"]
+    proc = run("check", image, "--policy", str(policy), "--output", "json")
+    assert proc.returncode == 2, proc.stdout
+    result = results(proc)[image]
+    assert result["verdict"] == "error"
+    assert "cannot read the approved base images (localhost:1/gone/base:1:" in result["error"]

@@ -64,6 +64,9 @@ def server(
     (policies / "enforce.yaml").write_text(policy("enforce", "enforce", "prod, shared", base))
     (policies / "warn.yaml").write_text(policy("warn", "warn", "staging", base))
     (policies / "audit.yaml").write_text(policy("audit", "audit", "dev, shared", base))
+    (policies / "nopin.yaml").write_text(
+        policy("nopin", "enforce", "nopin", base) + "    immutableReference: {enabled: false}\n"
+    )
     replacements = directory / "replacements.yaml"
     replacements.write_text("replacements: []\n")
     webhook = start_webhook(
@@ -206,6 +209,27 @@ def test_update_evaluates_only_changed_images(
     assert response["allowed"] is False
 
 
+def test_update_of_command_or_user_is_evaluated_again(
+    server: WebhookServer, fixture_images: dict[str, str]
+) -> None:
+    old = pod_spec(container("app", fixture_images["good"]))
+    for new in (
+        container("app", fixture_images["good"], securityContext={"runAsUser": 0}),
+        container("app", fixture_images["good"], command=["/bin/sh", "-c", "a & b"]),
+    ):
+        body = review("Deployment", pod_spec(new), operation="UPDATE", old_spec=old)
+        assert post(server, "/validate", body)["allowed"] is False
+    scaled = review("Deployment", old, operation="UPDATE", old_spec=old)
+    assert post(server, "/validate", scaled)["allowed"] is True
+
+
+def test_only_policies_that_apply_decide_pinning(
+    server: WebhookServer, fixture_images: dict[str, str]
+) -> None:
+    body = review("Pod", pod_spec(container("app", fixture_images["good"])), namespace="nopin")
+    assert post(server, "/mutate", body) == {"uid": body["request"]["uid"], "allowed": True}
+
+
 def test_pod_security_context_can_fix_a_root_image(
     server: WebhookServer, fixture_images: dict[str, str]
 ) -> None:
@@ -273,6 +297,7 @@ def test_mutate_swaps_in_a_replacement(
     replacement = f"{fixture_images['good'].rsplit(':', 1)[0]}@{good}"
     (tmp_path / "replacements.yaml").write_text(
         f"replacements:\n  - sourceDigest: {root}\n    replacement: {replacement}\n"
+        f"  - sourceDigest: {good}\n    replacement: {replacement}\n"
     )
     base = fixture_images["base"]
     (tmp_path / "policy.yaml").write_text(policy("swap", "enforce", "prod", base))
@@ -294,6 +319,11 @@ def test_mutate_swaps_in_a_replacement(
             webhook, "/validate", review("Deployment", patched["spec"]["template"]["spec"])
         )
         assert after["allowed"] is True
+        passing = review("Deployment", pod_spec(container("app", fixture_images["good"])))
+        patch = json.loads(base64.b64decode(post(webhook, "/mutate", passing)["patch"]))
+        assert [op["value"] for op in patch if op["path"].endswith("/image")] == [
+            f"{fixture_images['good']}@{good}"
+        ], "an image that passes is pinned, never swapped"
     finally:
         webhook.stop()
 
@@ -378,7 +408,7 @@ def test_health_readiness_and_metrics(server: WebhookServer) -> None:
         ready = http.get("/readyz").json()
         metrics = http.get("/metrics").text
     assert ready["status"] == "ready"
-    assert set(ready["policies"]) == {"enforce", "warn", "audit"}
+    assert set(ready["policies"]) == {"enforce", "warn", "audit", "nopin"}
     assert 'imagegate_admission_requests_total{endpoint="validate",verdict="denied"}' in metrics
     assert 'imagegate_violations_total{mode="enforce",rule="non-root-user"}' in metrics
     assert "imagegate_admission_duration_seconds_bucket" in metrics
@@ -437,7 +467,11 @@ def test_a_stalled_registry_triggers_on_error_within_the_budget(
     tmp_path: Path, on_error: str, allowed: bool
 ) -> None:
     stalled = StallingRegistry()
-    (tmp_path / "policy.yaml").write_text(policy("stall", "enforce", "prod", "scratch", on_error))
+    (tmp_path / "policy.yaml").write_text(
+        policy("stall", "enforce", "prod", "scratch", on_error)
+        + "---\n"
+        + policy("elsewhere", "enforce", "other", "scratch", "deny")  # must not decide here
+    )
     webhook = start_webhook(
         tmp_path,
         ["--policy", str(tmp_path / "policy.yaml")],

@@ -83,6 +83,23 @@ SHELL_OK = SingleEntrypointRule(allow_shell_form=True)
             id="shell-form-with-exec",
         ),
         pytest.param(
+            None, ["/bin/sh", "-c", "exec /app/server 2>&1"], RULE, True, "", id="stderr-to-stdout"
+        ),
+        pytest.param(
+            None, ["bash", "-c", "exec /app/server &>/dev/null"], RULE, True, "", id="bash-redirect"
+        ),
+        pytest.param(
+            None, ["/bin/sh", "-c", "exec /app/server >&2 <&-"], RULE, True, "", id="fd-duplication"
+        ),
+        pytest.param(
+            None,
+            ["/bin/sh", "-c", "/app/a 2>&1 & /app/b"],
+            RULE,
+            False,
+            "&",
+            id="redirect-then-job",
+        ),
+        pytest.param(
             None, ["bash", "-ec", "exec gunicorn app:app"], RULE, True, "", id="bash-ec-exec"
         ),
         pytest.param(

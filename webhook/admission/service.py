@@ -122,17 +122,19 @@ class AdmissionService:
         scope = await self._scope(request)
         if scope is None:
             return AdmissionResponse(uid=request.uid, allowed=True)
-        pinning = any(
-            p.spec.rules.immutable_reference.enabled
-            and p.spec.rules.immutable_reference.mode == "pinOnAdmission"
-            for p in scope.policies
-        )
         findings = await self._check(scope, request)
+        pinning = {
+            p.name
+            for p in scope.policies
+            if p.spec.rules.immutable_reference.enabled
+            and p.spec.rules.immutable_reference.mode == "pinOnAdmission"
+        }
         patch: list[dict[str, Any]] = []
         changes: list[dict[str, str]] = []
         for finding in findings:
             container, result = finding.container, finding.result
-            new_image, why = self._new_image(container.image, result, pinning)
+            pins = bool(pinning.intersection(result.policies))  # only policies that applied
+            new_image, why = self._new_image(container.image, result, pins, scope.namespace)
             if new_image is None:
                 continue
             patch.append({"op": "replace", "path": container.image_pointer, "value": new_image})
@@ -147,10 +149,15 @@ class AdmissionService:
             uid=request.uid, allowed=True, patch_type="JSONPatch", patch=encoded
         )
 
-    def _new_image(self, image: str, result: CheckResult, pinning: bool) -> tuple[str | None, str]:
-        replacement = self._replacements.lookup(result.digest)
-        if replacement is not None and replacement != image:
-            return replacement, "replacement"
+    def _new_image(
+        self, image: str, result: CheckResult, pinning: bool, namespace: str | None
+    ) -> tuple[str | None, str]:
+        """The reference to run instead: a compliant replacement for an image that fails,
+        else the checked digest pinned to a tag reference, else nothing."""
+        if result.verdict == "fail":
+            replacement = self._replacements.lookup(result.digest, namespace)
+            if replacement is not None and replacement != image:
+                return replacement, "replacement"
         if pinning and result.digest and not Reference.parse(image).pinned:
             return f"{image}@{result.digest}", "pinned"  # keeps the tag the user wrote
         return None, ""
@@ -215,7 +222,11 @@ class AdmissionService:
             if task in done:
                 findings.append(task.result())
                 continue
-            applicable = [p.name for p in scope.policies if p.applies_to(container.image)]
+            applicable = [
+                p.name
+                for p in scope.policies
+                if p.applies_to(container.image, scope.namespace, scope.labels)
+            ]
             message = (
                 f"not inspected within the {budget:g} s admission budget "
                 "(the registry is slow or unreachable)"

@@ -27,6 +27,9 @@ GROUP = "imagegate.dev"
 VERSION = "v1alpha1"
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 DOCKERCFG = "kubernetes.io/dockercfg"
+# Lookups made while an admission waits: a slow API server must not eat the webhook's budget
+# (the answer then comes from onError and the cache, not from the API server's timeout).
+LOOKUP_TIMEOUT = 2.0
 
 
 class ClusterError(ImagegateError):
@@ -125,7 +128,7 @@ class KubernetesCluster:
 
     async def namespace_labels(self, namespace: str) -> dict[str, str]:
         def read() -> dict[str, str]:
-            ns = self._core.read_namespace(namespace)
+            ns = self._core.read_namespace(namespace, _request_timeout=LOOKUP_TIMEOUT)
             return dict((ns.metadata.labels if ns.metadata else None) or {})
 
         return await self._cached(("ns", namespace), read, f"namespace {namespace}")
@@ -134,7 +137,9 @@ class KubernetesCluster:
         self, namespace: str, service_account: str
     ) -> list[str]:
         def read() -> list[str]:
-            sa = self._core.read_namespaced_service_account(service_account, namespace)
+            sa = self._core.read_namespaced_service_account(
+                service_account, namespace, _request_timeout=LOOKUP_TIMEOUT
+            )
             return [ref.name for ref in (sa.image_pull_secrets or []) if ref.name]
 
         where = f"serviceaccount {namespace}/{service_account}"
@@ -150,7 +155,9 @@ class KubernetesCluster:
 
     async def _pull_secret(self, namespace: str, name: str) -> PullSecret | None:
         def read() -> PullSecret | None:
-            secret = self._core.read_namespaced_secret(name, namespace)
+            secret = self._core.read_namespaced_secret(
+                name, namespace, _request_timeout=LOOKUP_TIMEOUT
+            )
             data = secret.data or {}
             if secret.type == DOCKERCONFIGJSON and ".dockerconfigjson" in data:
                 payload = base64.b64decode(data[".dockerconfigjson"])

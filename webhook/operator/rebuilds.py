@@ -88,10 +88,14 @@ class RebuildService:
         except ValueError as err:
             await self._write(namespace, name, generation, Phase.failed, f"invalid spec: {err}")
             raise GiveUp(f"invalid spec: {err}") from None
+        try:
+            policies = self._chosen_policies(wanted)
+        except GiveUp as err:
+            await self._write(namespace, name, generation, Phase.failed, str(err))
+            raise
         if not await self._claim(namespace, name, generation, wanted.source):
             return None
         log.info("rebuilding %s for ImageRebuild %s/%s", wanted.source, namespace, name)
-        policies = self._chosen_policies(wanted)
         try:
             with tempfile.TemporaryDirectory(
                 prefix="imagegate-rebuild-", dir=self._workdir
@@ -162,6 +166,8 @@ class RebuildService:
         return True
 
     def _chosen_policies(self, spec: ImageRebuildSpec) -> list[ImagePolicy]:
+        if not self._policies.ready:
+            raise RetryLater("the ImagePolicies are not loaded yet", delay=5.0)
         policies: list[ImagePolicy] = list(self._policies.policies)
         if spec.policy:
             chosen = [p for p in policies if p.name == spec.policy]

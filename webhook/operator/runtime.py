@@ -97,6 +97,8 @@ class Runtime:
                 await self.audit_once()
             except ImagegateError as err:
                 log.error("background audit failed", extra={"error": str(err)})
+            except Exception:  # a bug must not end the audits of a healthy-looking operator
+                log.exception("background audit crashed; it runs again at the next period")
 
     async def audit_once(self) -> None:
         """Scan, record PolicyReports and Events, and request automatic rebuilds."""

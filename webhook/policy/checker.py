@@ -17,7 +17,7 @@ from webhook.errors import ImagegateError
 from webhook.policy.evaluate import evaluate
 from webhook.policy.model import ImagePolicy
 from webhook.policy.outcome import ContainerContext, Violation
-from webhook.policy.rules.allowed_base import KnownBase, concrete_references
+from webhook.policy.rules.allowed_base import KnownBase, concrete_references, identify_base
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
 from webhook.registry.facts import ImageFacts, Platform
@@ -163,6 +163,16 @@ class Checker:
         derived: dict[str, Any] = {}
         for policy in applicable:
             known = await self._known_bases(policy, chosen, keyring)
+            unreadable = [k for k in known if k.error]
+            if unreadable and identify_base(facts, known) is None:
+                # Not a verdict: the base may well be approved. An error goes through onError
+                # and is not cached, so a registry hiccup or missing credentials do not turn
+                # into a cached `allowed-base` failure.
+                reasons = "; ".join(f"{k.reference}: {k.error}" for k in unreadable)
+                return CheckResult(
+                    image, "error", digest=facts.digest, platform=facts.platform,
+                    policies=names, error=f"cannot read the approved base images ({reasons})",
+                )  # fmt: skip
             outcome = evaluate(policy, facts, reference, known, container)
             violations.extend(outcome.violations)
             derived = outcome.facts | derived

@@ -95,11 +95,13 @@ def pod_template(kind: str, obj: dict[str, Any]) -> PodTemplate | None:
 
 
 def changed(new: PodTemplate, old: PodTemplate | None) -> list[Container]:
-    """On UPDATE only containers whose image is new or changed are evaluated again."""
+    """On UPDATE only containers that changed what runs are evaluated again: a new image, or
+    new command, args or users (the verdicts of non-root-user and single-entrypoint depend
+    on them too). Unrelated edits (replicas, labels, resources) re-check nothing."""
     if old is None:
         return new.containers
-    before = {(c.list_name, c.name): c.image for c in old.containers}
-    return [c for c in new.containers if before.get((c.list_name, c.name)) != c.image]
+    before = {(c.list_name, c.name): (c.image, c.context) for c in old.containers}
+    return [c for c in new.containers if before.get((c.list_name, c.name)) != (c.image, c.context)]
 
 
 def _str_list(value: Any) -> tuple[str, ...] | None:

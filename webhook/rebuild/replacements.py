@@ -24,7 +24,12 @@ from webhook.registry.reference import Reference
 
 
 class Replacements:
-    """A digest → replacement map, refreshed from the cluster when one is given."""
+    """Digest → replacement, refreshed from the cluster when one is given.
+
+    A succeeded ImageRebuild swaps images only in its own namespace (a team's rebuild must not
+    rewrite another team's Pods); the file's pairs, set by whoever runs the webhook, apply
+    everywhere.
+    """
 
     def __init__(
         self,
@@ -33,23 +38,28 @@ class Replacements:
         interval: float = 5.0,
     ) -> None:
         self._static = dict(mapping or {})
-        self._mapping = dict(self._static)
+        self._by_namespace: dict[tuple[str, str], str] = {}
         self._cluster = cluster
         self._poller = Poller(self.refresh, interval, "ImageRebuilds") if cluster else None
 
-    def lookup(self, digest: str | None) -> str | None:
-        return self._mapping.get(digest) if digest else None
+    def lookup(self, digest: str | None, namespace: str | None = None) -> str | None:
+        if not digest:
+            return None
+        if namespace is not None and (namespace, digest) in self._by_namespace:
+            return self._by_namespace[(namespace, digest)]
+        return self._static.get(digest)
 
     async def refresh(self) -> None:
         if self._cluster is None:
             return
-        mapping = dict(self._static)
+        mapping: dict[tuple[str, str], str] = {}
         for obj in await self._cluster.list_objects("imagerebuilds"):
             status: dict[str, Any] = obj.get("status") or {}
             source, replacement = status.get("sourceDigest"), status.get("replacement")
-            if status.get("phase") == "Succeeded" and source and replacement:
-                mapping[str(source)] = str(replacement)
-        self._mapping = mapping
+            namespace = (obj.get("metadata") or {}).get("namespace")
+            if status.get("phase") == "Succeeded" and source and replacement and namespace:
+                mapping[(str(namespace), str(source))] = str(replacement)
+        self._by_namespace = mapping
 
     def start(self) -> None:
         if self._poller is not None:

@@ -110,7 +110,8 @@ def _approved(rule: AllowedBasesRule, base: BaseFact) -> bool:
         if entry == SCRATCH:
             continue
         if is_glob(entry):
-            if any(fnmatch.fnmatchcase(c, entry) for c in (used.name, f"{used.name}:{used.tag}")):
+            names = (used.name, f"{used.name}:{used.tag}") if used.tag else (used.name,)
+            if any(fnmatch.fnmatchcase(c, entry) for c in names):
                 return True
             continue
         allowed = Reference.parse(entry)

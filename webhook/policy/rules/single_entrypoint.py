@@ -11,6 +11,7 @@ config, and the common ones end in `exec "$@"`.
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 
 from webhook.policy.model import SingleEntrypointRule
@@ -23,6 +24,9 @@ SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
 CHAIN_OPERATORS = frozenset({";", "&", "&&", "||", "|", "|&", ";;"})
 # Shim options that take a value, so the value is not mistaken for the child program.
 SHIM_OPTIONS_WITH_VALUE = frozenset({"-p", "-e", "-r", "--rewrite"})
+# Redirections whose `&` is not a background job: `2>&1`, `>&2`, `<&0`, `1>&-`, bash `&>file`.
+REDIRECT_DUP = re.compile(r"\d*[<>]&(?:\d+|-)")
+REDIRECT_ALL = re.compile(r"&>>?")
 EXEC_FIX = 'use the exec form, for example ENTRYPOINT ["/app/server", "--port", "8080"]'
 
 
@@ -73,7 +77,8 @@ def _problem(rule: SingleEntrypointRule, argv: list[str]) -> str | None:
 
 def _shell_problem(rule: SingleEntrypointRule, shell: str, script: str) -> str | None:
     try:
-        lexer = shlex.shlex(script.replace("\n", " ; "), posix=True, punctuation_chars=";&|")
+        words = REDIRECT_ALL.sub(">", REDIRECT_DUP.sub(" ", script)).replace("\n", " ; ")
+        lexer = shlex.shlex(words, posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
         tokens = list(lexer)
     except ValueError as err:
