@@ -64,9 +64,7 @@ class AdmissionService:
         self._settings = settings
         self._base_keyring = base_keyring
         self._recorder = recorder
-        self._exempt = set(settings.exempt_namespaces)
-        if settings.namespace:
-            self._exempt.add(settings.namespace)
+        self._exempt = settings.skipped_namespaces
 
     async def validate(self, request: AdmissionRequest) -> Decision:
         scope = await self._scope(request)

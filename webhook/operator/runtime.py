@@ -57,10 +57,9 @@ class Runtime:
         objects = ImagegateObjects(cluster.api_client)
         writer = report_writer(cluster)
         hook = settings.webhook
-        exempt = [*hook.exempt_namespaces, *([hook.namespace] if hook.namespace else [])]
         scanner = Scanner(
             checker, cluster, writer, keyring,
-            exempt_namespaces=exempt, opt_out_label=hook.opt_out_label,
+            exempt_namespaces=hook.skipped_namespaces, opt_out_label=hook.opt_out_label,
         )  # fmt: skip
         rebuilds = RebuildService(client, checker, objects, policies, settings.operator.workdir)
         runtime = cls(
