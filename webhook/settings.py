@@ -85,6 +85,7 @@ class WebhookSettings(BaseSettings):
     policy_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often ImagePolicies are re-read from the cluster."
     )
+
     @property
     def skipped_namespaces(self) -> frozenset[str]:
         """Namespaces neither admitted nor scanned: the exempt ones and imagegate's own."""
