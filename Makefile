@@ -5,8 +5,9 @@
 #   make deps    Debian packages: docker.io docker-registry skopeo busybox-static ...
 #   make engine  deps + a running Docker engine (hack/start-dockerd.sh)
 #   make lint    ruff check, ruff format --check, mypy
-#   make test    engine + lint, then the whole pytest suite
-#   make demo    engine, then hack/demo.py
+#   make test    engine + lint + kind-up (a kind cluster, offline when nothing can be pulled),
+#                then the whole pytest suite, the in-cluster one (tests/kind) included
+#   make demo    engine, then hack/demo.py (on kind when a node image is cached or pullable)
 #   make bench   engine, then bench/bench_check.py
 
 SHELL := /bin/bash
@@ -52,8 +53,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# The pinned kube-apiserver, etcd and helm (hack/tools) are built on first use (cached).
-test: engine lint
+# The pinned kube-apiserver, etcd and helm (hack/tools) are built on first use (cached), and
+# so is the kind node image (hack/kind-node-image.sh) when the cluster is made offline.
+test: engine lint kind-up
 	eval "$$(hack/tools-env.sh)" && $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests
 
 # End-to-end tests only: a real kube-apiserver + etcd, the chart installed with helm.

@@ -2,17 +2,20 @@
 
 1. A real registry on localhost:5001 and sample images (good and bad) built by the Docker engine.
 2. `imagegate check` on them.
-3. A Kubernetes API server: the local control plane (etcd + kube-apiserver, `hack/cluster.py`),
-   or the current cluster when KUBECONFIG is set, or kind with IMAGEGATE_DEMO_CLUSTER=kind
-   (`make kind-up kind-load kind-install`, see docs/kind.md; kind cannot run on our CI).
-4. `helm install` of charts/imagegate with the webhook in url mode, served by
-   `imagegate serve` on this machine (no kubelet runs Pods here), and `imagegate operator`.
-5. Good and bad workloads applied with kubectl: denials with the fix, audit warnings, a tag
-   pinned to its digest, a root image rebuilt into a compliant replacement and swapped in.
-6. `imagegate report` from the cluster's PolicyReports (table, and an HTML file).
+3. A cluster. kind when it can be had (IMAGEGATE_DEMO_CLUSTER=auto, the default: a kind
+   cluster already runs, or the offline node image of hack/kind-node-image.sh is cached, or
+   `registry:2` can be pulled): `make kind-up kind-load kind-install` as docs/kind.md says, the
+   webhook and operator run as Pods and the kubelet runs what is admitted. Otherwise (or with
+   IMAGEGATE_DEMO_CLUSTER=local) the local control plane (etcd + kube-apiserver,
+   `hack/cluster.py`, or the cluster of KUBECONFIG), with the chart's webhook in url mode served
+   by `imagegate serve` on this machine: admission is real, but no kubelet runs Pods.
+4. Good and bad workloads applied with kubectl: denials with the fix, audit warnings, a tag
+   pinned to its digest, a root image rebuilt into a compliant replacement and swapped in; on
+   kind the admitted Pods run, and `id -u` inside them shows the uid imagegate checked.
+5. `imagegate report` from the cluster's PolicyReports (table, and an HTML file).
 
-The registry and the control plane keep running afterwards (stop them with
-`python hack/registry.py stop` and `make cluster-down`); the webhook and operator stop.
+Everything keeps running afterwards but the url-mode webhook and operator, which stop with the
+demo; its last lines say how to go on (or start them again).
 """
 
 from __future__ import annotations
@@ -105,10 +108,48 @@ def cluster_env() -> dict[str, str]:
     return load_cluster(STATE / "cluster").env()
 
 
+def kind_available() -> str | None:
+    """Why the demo can use kind here, or None: a kind cluster already runs, the offline node
+    image is cached, or the official images can be pulled (never a 30-minute build unasked)."""
+    tools = subprocess.run(
+        [str(ROOT / "hack/build-tools.sh"), "--kind", "--print-dir"], capture_output=True, text=True
+    ).stdout.strip()
+    kind_bin = Path(tools) / "kind"
+    if tools and kind_bin.exists():
+        running = subprocess.run([str(kind_bin), "get", "clusters"], capture_output=True, text=True)
+        if "imagegate" in running.stdout.split():
+            return "the kind cluster `imagegate` is running"
+    node = subprocess.run(
+        [str(ROOT / "hack/kind-node-image.sh"), "--name"], capture_output=True, text=True
+    ).stdout.strip()
+    if node and _docker_ok("image", "inspect", node):
+        return f"the offline node image {node} is cached"
+    if _docker_ok("image", "inspect", "registry:2") or _docker_ok("pull", "-q", "registry:2"):
+        return "the official kind images can be pulled"
+    return None
+
+
+def _docker_ok(*args: str) -> bool:
+    done = subprocess.run(["docker", *args], capture_output=True, timeout=120, check=False)
+    return done.returncode == 0
+
+
 def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("IMAGEGATE_DEMO_CLUSTER") == "kind":
+    choice = os.environ.get("IMAGEGATE_DEMO_CLUSTER", "auto")
+    if choice == "kind":
         return kind()
+    if choice == "auto" and not os.environ.get("KUBECONFIG"):
+        reason = kind_available()
+        if reason:
+            say(f"using kind: {reason}")
+            return kind()
+        say(
+            "no kind here: no node image is cached and none can be pulled, so this demo uses a "
+            "local API server (admission is real, but no kubelet runs the Pods). "
+            "`make kind-node-image` builds the offline node image (about 30 minutes cold); "
+            "`make demo` then runs on kind"
+        )
     say(f"registry on 127.0.0.1:{PORT}, sample images built by the Docker engine")
     registry = attach(STATE / "registry")
     if registry is None:
@@ -171,24 +212,54 @@ def main() -> int:
         for process in (serve, operator):
             process.terminate()
             process.wait(20)
-    print(f"\nThe control plane and the registry keep running: KUBECONFIG={admin.get('KUBECONFIG')}"
-          "\nStop them with `make cluster-down` and `python hack/registry.py stop`.")  # fmt: skip
+    serve_cmd = shlex.join([
+        ".venv/bin/imagegate", "serve", "--policies-from-cluster", "--host", "127.0.0.1",
+        "--port", str(WEBHOOK_PORT), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+    ])  # fmt: skip
+    print(
+        f"\nThe control plane and the registry keep running: "
+        f"export KUBECONFIG={admin.get('KUBECONFIG')}\n"
+        "The webhook and the operator stopped with the demo, and the webhook configurations still "
+        "point at them: until you start the webhook again, creating a Pod fails with "
+        "`connection refused` (failurePolicy: Fail). Start it with\n"
+        f"  IMAGEGATE_NAMESPACE={SYSTEM} {serve_cmd}\n"
+        f"or remove imagegate: helm uninstall imagegate -n {SYSTEM}\n"
+        "Stop everything with `make cluster-down` and `python hack/registry.py stop`."
+    )
     return 0
 
 
 def kind() -> int:
-    """`IMAGEGATE_DEMO_CLUSTER=kind make demo`: the same story on a kind cluster, where the
-    chart's webhook and operator run as Pods (docs/kind.md has each step)."""
+    """The story on a kind cluster, where the chart's webhook and operator run as Pods and the
+    kubelet runs what they admit (docs/kind.md has each step)."""
     say("kind cluster with a local registry on localhost:5001, imagegate built and installed")
     show(["make", "kind-up", "kind-load", "kind-install"], check=True)
+    env = {**os.environ, "KUBECONFIG": str(_kind_kubeconfig())}
     say("sample images pushed to the kind registry")
     refs = build_fixtures(docker.from_env(timeout=300), f"localhost:{PORT}")
-    env = dict(os.environ)
     kubectl(env, "patch", "imagepolicy", "default", "--type=merge", "-p", json.dumps(
         {"spec": {"rules": {"allowedBases": {"references": [refs["base"]]},
                             "sizeBudget": {"maxCompressedSize": "2MB"}}}}))  # fmt: skip
-    _workloads(env, refs)
+    _workloads(env, refs, running=True)
+    print(
+        "\nThe kind cluster keeps running with imagegate in it (the webhook and the operator are "
+        f"Pods in {SYSTEM}):\n"
+        f"  export KUBECONFIG={env['KUBECONFIG']}\n"
+        "  kubectl -n demo run web --image=docker.io/library/nginx:1.27   # denied\n"
+        f"  kubectl -n {SYSTEM} logs deploy/imagegate-webhook\n"
+        "Remove it with `make kind-down`."
+    )
     return 0
+
+
+def _kind_kubeconfig() -> Path:
+    """The kind cluster's context alone, so nothing the demo runs touches another cluster."""
+    path = STATE / "kind-imagegate.kubeconfig"
+    raw = kubectl(dict(os.environ), "config", "view", "--raw", "--minify",
+                  "--context", "kind-imagegate")  # fmt: skip
+    path.write_text(raw)
+    path.chmod(0o600)
+    return path
 
 
 def _wait_ready(ca: Path, env: dict[str, str]) -> None:
@@ -210,7 +281,7 @@ def _wait_ready(ca: Path, env: dict[str, str]) -> None:
     raise SystemExit(f"demo: the webhook did not become ready; see {STATE / 'logs' / 'serve.log'}")
 
 
-def _workloads(env: dict[str, str], refs: dict[str, str]) -> None:
+def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False) -> None:
     for namespace in ("shop", "legacy"):
         manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
         kubectl(env, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
@@ -228,6 +299,12 @@ def _workloads(env: dict[str, str], refs: dict[str, str]) -> None:
     image = kubectl(env, "get", "deployment", "web", "-n", "shop", "-o",
                     "jsonpath={.spec.template.spec.containers[0].image}")  # fmt: skip
     print(f"stored image: {image}")
+    if running:
+        say("the kubelet pulled the pinned image and runs it, as the uid imagegate checked")
+        show(["kubectl", "-n", "shop", "rollout", "status", "deployment/web", "--timeout=120s"],
+             env=env, check=True)  # fmt: skip
+        show(["kubectl", "-n", "shop", "get", "pods", "-o", "wide"], env=env)
+        show(["kubectl", "-n", "shop", "exec", "deploy/web", "--", "id"], env=env)
 
     say("enforce mode: a root image and a shell chain are denied, with the fix")
     apply(env, pod("cart", refs["root-script"]), "shop")
@@ -260,6 +337,10 @@ def _workloads(env: dict[str, str], refs: dict[str, str]) -> None:
     apply(env, pod("cart", source), "shop")
     print("stored image:", kubectl(env, "get", "pod", "cart", "-n", "shop", "-o",
                                    "jsonpath={.spec.containers[0].image}"))  # fmt: skip
+    if running:
+        show(["kubectl", "-n", "shop", "wait", "--for=condition=Ready", "pod/cart",
+              "--timeout=120s"], env=env)  # fmt: skip
+        show(["kubectl", "-n", "shop", "exec", "cart", "--", "id"], env=env)
 
     say("the background audit writes PolicyReports; imagegate report reads them")
     time.sleep(8)
