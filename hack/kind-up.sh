@@ -17,7 +17,8 @@
 # Environment: KIND_CLUSTER (imagegate), KIND_REGISTRY_NAME (kind-registry), KIND_REGISTRY_PORT
 # (5001), KIND_OFFLINE, KIND_CONFIG / KIND_NODE_IMAGE / KIND_REGISTRY_IMAGE (override the
 # path's choice), KIND (the kind binary; default the pinned one from hack/build-tools.sh --kind,
-# else kind on PATH), KUBECTL. Idempotent: an existing cluster and registry are kept.
+# else kind on PATH), KUBECTL, KIND_RECREATE=1 (delete an existing cluster first). Idempotent:
+# an existing cluster whose API server answers, and the registry, are kept.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +104,24 @@ if [[ "$(docker inspect -f '{{.State.Running}}' "$REG_NAME" 2>/dev/null)" != tru
     log "registry $REG_NAME ($REG_IMAGE) on 127.0.0.1:$REG_PORT"
 fi
 
+# A cluster from before (a Docker engine restart, a machine handed over) is kept only when its
+# API server answers; KIND_RECREATE=1 (CI) always starts from a new one.
+if kind_cmd get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+    answers=0
+    if [[ "${KIND_RECREATE:-0}" != 1 ]]; then
+        for _ in $(seq 12); do
+            if "$KUBECTL" --context "kind-$CLUSTER" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; then
+                answers=1
+                break
+            fi
+            sleep 5
+        done
+    fi
+    if [[ $answers == 0 ]]; then
+        log "deleting the existing cluster $CLUSTER ($([[ "${KIND_RECREATE:-0}" == 1 ]] && echo KIND_RECREATE=1 || echo 'its API server does not answer'))"
+        kind_cmd delete cluster --name "$CLUSTER"
+    fi
+fi
 if ! kind_cmd get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     log "creating cluster $CLUSTER (${NODE_IMAGE:-the default node image of kind}, $(basename "$BASE_CONFIG"))"
     kind_cmd create cluster --name "$CLUSTER" --config "$CONFIG" ${NODE_IMAGE:+--image "$NODE_IMAGE"} --wait 180s
