@@ -83,6 +83,14 @@ LABEL org.opencontainers.image.title="imagegate" \
       org.opencontainers.image.base.name="${RUNTIME_IMAGE}" \
       org.opencontainers.image.base.digest="${RUNTIME_DIGEST}"
 COPY --from=venv /opt/imagegate /opt/imagegate
+# A passwd/group entry for 65532 (`nonroot`, as distroless names it): without one,
+# getpwuid(65532) fails and so does everything that asks who the process is, e.g. kopf's
+# peering (getpass.getuser() -> KeyError: 'getpwuid(): uid not found: 65532'). USER stays
+# numeric below, which is what the kubelet's runAsNonRoot needs. Added only when missing.
+RUN grep -q '^[^:]*:[^:]*:65532:' /etc/group \
+        || echo 'nonroot:x:65532:' >> /etc/group; \
+    grep -q '^[^:]*:[^:]*:65532:' /etc/passwd \
+        || echo 'nonroot:x:65532:65532:nonroot:/tmp:/usr/sbin/nologin' >> /etc/passwd
 ENV PATH=/opt/imagegate/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 
 from hack.cluster import load_cluster  # noqa: E402
 from hack.registry import attach, start_registry  # noqa: E402
-from tests.e2e.manifests import deployment, pod  # noqa: E402
+from tests.e2e.manifests import deployment, image_rebuild, pod  # noqa: E402
 from tests.fixtures.images import build_fixtures  # noqa: E402
 from webhook.admission.tls import self_signed  # noqa: E402
 
@@ -316,11 +316,8 @@ def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False)
 
     say("the operator rebuilds the root image into a compliant, immutable replacement")
     source = refs["root-script"]
-    kubectl(env, "apply", "-n", "shop", "-f", "-", stdin=yaml.safe_dump({
-        "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImageRebuild",
-        "metadata": {"name": "cart-nonroot"},
-        "spec": {"source": source, "targetRepository": source.rsplit(":", 1)[0]},
-    }))  # fmt: skip
+    rebuild = image_rebuild("cart-nonroot", source, source.rsplit(":", 1)[0])
+    kubectl(env, "apply", "-n", "shop", "-f", "-", stdin=yaml.safe_dump(rebuild))
     status: dict[str, Any] = {}
     for _ in range(120):
         status = json.loads(kubectl(env, "get", "imagerebuild", "cart-nonroot", "-n", "shop",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -111,12 +111,21 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
 @pytest.fixture(scope="session")
 def fixture_images(docker_client: Any, registry: RegistryProcess) -> dict[str, str]:
     """Every fixture image built by the engine and pushed to ``registry``: name → ref:tag."""
+    return push_fixtures(docker_client, registry.host, lambda: registry.log_tail())
+
+
+def push_fixtures(
+    docker_client: Any, host: str, log_tail: Callable[[], str] | None = None
+) -> dict[str, str]:
+    """``build_fixtures`` for a test: a missing static busybox is a missing part, any other
+    failure fails the test (with the registry's log, when there is one)."""
     try:
-        return build_fixtures(docker_client, registry.host)
+        return build_fixtures(docker_client, host)
     except FixtureBuildError as e:
         if "busybox" in str(e) and "install-deps" in str(e):
             missing_part(str(e))
-        pytest.fail(f"fixture images: {e}\nregistry log tail:\n{registry.log_tail()}")
+        tail = f"\nregistry log tail:\n{log_tail()}" if log_tail else ""
+        pytest.fail(f"fixture images: {e}{tail}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

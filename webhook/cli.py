@@ -171,7 +171,7 @@ def serve(
         raise typer.Exit(2) from None
     if self_signed and certs is not None:
         print(f"caBundle: {certs.ca_bundle()}", flush=True)
-    run(app_, host, port, certs, settings.webhook.cert_reload_seconds)
+    run(app_, host, port, certs, hook.cert_reload_seconds, hook.shutdown_delay_seconds)
 
 
 def _serving_certs(

@@ -7,9 +7,17 @@ import logging
 import sys
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 admission_uid: contextvars.ContextVar[str] = contextvars.ContextVar("admission_uid", default="")
+
+# kopf's per-object loggers put `settings` (its OperatorSettings: queues, locks, not JSON) and
+# `k8s_skip` on every record of a handler; serialising them fails ("cannot pickle
+# '_queue.SimpleQueue' object") and the line is lost. `k8s_ref`, the object, is kept as `object`
+# (the key kopf's own JSON formatter uses).
+_NOT_LOGGED = ("settings", "k8s_skip")
+_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger", "k8s_ref": "object"}
 
 
 class _AdmissionUid(logging.Filter):
@@ -26,9 +34,11 @@ def configure(level: str = "INFO", json_format: bool = True) -> None:
     handler.addFilter(_AdmissionUid())
     formatter: logging.Formatter
     if json_format:
-        fields: Any = {"asctime": "time", "levelname": "level", "name": "logger"}
+        fields: Any = dict(_RENAMED)
         formatter = JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields=fields
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields=fields,
+            reserved_attrs=[*RESERVED_ATTRS, *_NOT_LOGGED],
         )
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

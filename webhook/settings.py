@@ -117,6 +117,16 @@ class WebhookSettings(BaseSettings):
     cert_reload_seconds: float = Field(
         default=5.0, gt=0, description="How often the TLS files are checked for rotation."
     )
+    shutdown_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, keep serving this long before shutting down: in a cluster, requests "
+            "are still routed to a terminating Pod until kube-proxy and the API server learn "
+            "that its endpoint is gone (the chart sets 5). A second signal, or SIGINT, stops at "
+            "once."
+        ),
+    )
 
 
 class OperatorSettings(BaseSettings):

@@ -12,6 +12,8 @@
 # kind is the pinned one (hack/build-tools.sh --kind) unless KIND is set. Base images of
 # imagegate's own image: BUILDER_IMAGE / RUNTIME_IMAGE, default python:3.12-slim, or the local
 # imagegate-local/python:3.11-slim (hack/make-base-images.sh) when the cluster is offline.
+# Behind a TLS-intercepting proxy the build's pip trusts the host's extra CAs
+# (/usr/local/share/ca-certificates/*.crt, or IMAGEGATE_BUILD_CA_FILE); they never reach the image.
 
 KUBECTL ?= kubectl
 HELM ?= $(or $(wildcard $(IMAGEGATE_TOOLS_BIN)/helm),$(wildcard $(shell hack/build-tools.sh --print-dir)/helm),helm)
@@ -46,6 +48,7 @@ kind-load:
 	else base=python:3.12-slim; fi; \
 	set -x; docker build -q \
 		--build-arg BUILDER_IMAGE=$${BUILDER_IMAGE:-$$base} --build-arg RUNTIME_IMAGE=$${RUNTIME_IMAGE:-$$base} \
+		--build-arg BUILD_CA_CERTS="$$(cat $${IMAGEGATE_BUILD_CA_FILE:-/usr/local/share/ca-certificates/*.crt} 2>/dev/null || true)" \
 		--build-arg VERSION=$(IMAGEGATE_VERSION) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		-t $(KIND_IMAGE_REPO):$(IMAGEGATE_VERSION) .

@@ -29,3 +29,13 @@ def deployment(name: str, image: str, replicas: int = 1) -> dict[str, Any]:
             },
         },
     }
+
+
+def image_rebuild(name: str, source: str, target: str) -> dict[str, Any]:
+    """An ImageRebuild as a user writes it: rebuild ``source`` into ``target`` (a repository)."""
+    return {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImageRebuild",
+        "metadata": {"name": name},
+        "spec": {"source": source, "targetRepository": target},
+    }

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import AUDIT_LABEL, SYSTEM, Install
+from tests.e2e.manifests import image_rebuild
 
 pytestmark = pytest.mark.integration
 
@@ -91,15 +92,6 @@ def wait_for_phase(
     pytest.fail(f"ImageRebuild {namespace}/{name} never finished: {status}")
 
 
-def rebuild_manifest(name: str, source: str, target: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "imagegate.dev/v1alpha1",
-        "kind": "ImageRebuild",
-        "metadata": {"name": name},
-        "spec": {"source": source, "targetRepository": target},
-    }
-
-
 def test_an_image_rebuild_is_reconciled_once_and_swapped_into_new_pods(
     installed: Install,
     operators: list[Operator],
@@ -108,7 +100,7 @@ def test_an_image_rebuild_is_reconciled_once_and_swapped_into_new_pods(
 ) -> None:
     source = fixture_images["root-script"]
     target = source.rsplit(":", 1)[0] + "-fixed"
-    answer = installed.apply(rebuild_manifest("fix-root", source, target), "-n", namespace)
+    answer = installed.apply(image_rebuild("fix-root", source, target), "-n", namespace)
     assert answer.returncode == 0, answer.stderr
     status = wait_for_phase(installed, namespace, "fix-root")
     assert status["phase"] == "Succeeded", status
@@ -153,7 +145,7 @@ def test_an_unfixable_image_is_reported_not_retried(
 ) -> None:
     source = fixture_images["shell-chain"]
     target = source.rsplit(":", 1)[0] + "-fixed"
-    installed.apply(rebuild_manifest("chain", source, target), "-n", namespace)
+    installed.apply(image_rebuild("chain", source, target), "-n", namespace)
     status = wait_for_phase(installed, namespace, "chain")
     assert status["phase"] == "Unfixable"
     assert "&" in status["message"]
@@ -163,7 +155,7 @@ def test_a_rebuild_naming_a_missing_policy_fails_and_says_why(
     installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
 ) -> None:
     source = fixture_images["root-script"]
-    manifest = rebuild_manifest("typo", source, source.rsplit(":", 1)[0] + "-fixed")
+    manifest = image_rebuild("typo", source, source.rsplit(":", 1)[0] + "-fixed")
     manifest["spec"]["policy"] = "no-such-policy"
     installed.apply(manifest, "-n", namespace)
     status = wait_for_phase(installed, namespace, "typo")

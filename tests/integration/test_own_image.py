@@ -10,114 +10,37 @@ runs reuse the base image and the engine's build cache.
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import signal
+import socket
 import subprocess
 import sys
-from pathlib import Path
+import time
 from typing import Any
 
 import pytest
 
 from hack.registry import RegistryProcess
 from tests.conftest import ROOT, missing_part
+from tests.fixtures.images import FixtureBuildError
+from tests.fixtures.own_image import BaseMissingError, OwnImage, build_own_image
 from webhook import __version__
 
 pytestmark = pytest.mark.integration
 
-BASE_IMAGE = os.environ.get("IMAGEGATE_LOCAL_BASE", "imagegate-local/python:3.11-slim")
-BASE_SCRIPT = ROOT / "hack" / "make-base-images.sh"
-IMAGE_REPO = "imagegate"
 IMAGE_TAG = f"{__version__}-test"
 RUN_AS = 65532
 
 
-def _extra_ca_certs() -> str:
-    """PEM CAs the build's pip needs behind a TLS-intercepting proxy (empty when none)."""
-    explicit = os.environ.get("IMAGEGATE_BUILD_CA_FILE")
-    paths = (
-        [Path(explicit)]
-        if explicit
-        else sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-    )
-    return "\n".join(p.read_text() for p in paths if p.is_file())
-
-
-def _ensure_base(docker_client: Any) -> None:
-    import docker.errors
-
-    try:
-        docker_client.images.get(BASE_IMAGE)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        missing_part(
-            f"no local base image {BASE_IMAGE} and cannot make one (needs root and debootstrap: "
-            "apt-get install debootstrap; then hack/make-base-images.sh)"
-        )
-    proc = subprocess.run(
-        [str(BASE_SCRIPT)],
-        env={**os.environ, "IMAGE": BASE_IMAGE},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"{BASE_SCRIPT.name} failed:\n{proc.stderr[-4000:]}")
-
-
-def _push(docker_client: Any, repository: str, tag: str) -> str:
-    digest = ""
-    for chunk in docker_client.api.push(repository, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            pytest.fail(f"docker push {repository}:{tag}: {chunk['error']}")
-        aux = chunk.get("aux")
-        if isinstance(aux, dict) and aux.get("Digest"):
-            digest = str(aux["Digest"])
-    assert digest, f"docker push {repository}:{tag} reported no digest"
-    return digest
-
-
 @pytest.fixture(scope="module")
-def own_image(docker_client: Any, registry: RegistryProcess) -> dict[str, str]:
+def own_image(docker_client: Any, registry: RegistryProcess) -> OwnImage:
     """Build the root Dockerfile on the local base; push base and image; return references."""
-    import docker.errors
-
-    _ensure_base(docker_client)
-    base_name, _, base_tag = BASE_IMAGE.rpartition(":")
-    pushed_base_repo = f"{registry.host}/{base_name}"
-    docker_client.images.get(BASE_IMAGE).tag(pushed_base_repo, base_tag)
-    base_digest = _push(docker_client, pushed_base_repo, base_tag)
-    pushed_base = f"{pushed_base_repo}:{base_tag}"
-
-    repo = f"{registry.host}/{IMAGE_REPO}"
     try:
-        docker_client.images.build(
-            path=str(ROOT),
-            tag=f"{repo}:{IMAGE_TAG}",
-            buildargs={
-                "BUILDER_IMAGE": pushed_base,
-                "RUNTIME_IMAGE": pushed_base,
-                "RUNTIME_DIGEST": base_digest,
-                "VERSION": __version__,
-                "BUILD_CA_CERTS": _extra_ca_certs(),
-            },
-            pull=False,
-            rm=True,
-            forcerm=True,
-        )
-    except docker.errors.BuildError as e:
-        log = "".join(str(c.get("stream", c.get("error", ""))) for c in e.build_log)
-        pytest.fail(f"docker build of the root Dockerfile failed: {e.msg}\n{log[-6000:]}")
-    digest = _push(docker_client, repo, IMAGE_TAG)
-    return {
-        "local": f"{repo}:{IMAGE_TAG}",
-        "pinned": f"{repo}@{digest}",
-        "base": pushed_base,
-        "base_digest": base_digest,
-    }
+        image = build_own_image(docker_client, registry.host, IMAGE_TAG)
+    except BaseMissingError as e:
+        missing_part(str(e))
+    except FixtureBuildError as e:
+        pytest.fail(str(e), pytrace=False)
+    return image
 
 
 def _check(*args: str) -> tuple[int, dict[str, Any], str]:
@@ -135,13 +58,13 @@ def _check(*args: str) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, data, proc.stderr
 
 
-def test_own_image_passes_every_rule_of_the_default_policy(own_image: dict[str, str]) -> None:
+def test_own_image_passes_every_rule_of_the_default_policy(own_image: OwnImage) -> None:
     code, data, stderr = _check(
-        own_image["pinned"],
+        own_image.pinned,
         "--policy",
         str(ROOT / "policies" / "default.yaml"),
         "--allow-base",
-        own_image["base"],
+        own_image.base,
     )
     (result,) = data["results"]
     assert result["violations"] == [], stderr
@@ -150,38 +73,78 @@ def test_own_image_passes_every_rule_of_the_default_policy(own_image: dict[str, 
     facts = result["facts"]
     assert facts["user"] == f"{RUN_AS}:{RUN_AS}"
     assert facts["entrypoint"] == ["/opt/imagegate/bin/imagegate"]
-    assert facts["base"]["name"] == own_image["base"]
-    assert facts["base"]["digest"] == own_image["base_digest"]
+    assert facts["base"]["name"] == own_image.base
+    assert facts["base"]["digest"] == own_image.base_digest
     assert facts["base"]["evidence"] in {"annotation", "label"}
     assert facts["compressedSize"] < 200_000_000
 
 
 def test_own_image_fails_allowed_base_without_the_local_base_approved(
-    own_image: dict[str, str],
+    own_image: OwnImage,
 ) -> None:
     """Control: the pass above is owed to --allow-base, not to a rule that never fires."""
-    code, data, _ = _check(own_image["pinned"], "--policy", str(ROOT / "policies" / "default.yaml"))
+    code, data, _ = _check(own_image.pinned, "--policy", str(ROOT / "policies" / "default.yaml"))
     (result,) = data["results"]
     assert {v["rule"] for v in result["violations"]} == {"allowed-base"}
     assert code == 1
 
 
-def test_own_image_prints_its_version(docker_client: Any, own_image: dict[str, str]) -> None:
-    out = docker_client.containers.run(own_image["local"], ["version"], remove=True)
+def test_own_image_prints_its_version(docker_client: Any, own_image: OwnImage) -> None:
+    out = docker_client.containers.run(own_image.local, ["version"], remove=True)
     assert out.decode().strip() == __version__
 
 
-def test_own_image_runs_as_a_numeric_non_root_user(
-    docker_client: Any, own_image: dict[str, str]
-) -> None:
-    out = docker_client.containers.run(own_image["local"], ["-u"], entrypoint="id", remove=True)
+def test_own_image_runs_as_a_numeric_non_root_user(docker_client: Any, own_image: OwnImage) -> None:
+    out = docker_client.containers.run(own_image.local, ["-u"], entrypoint="id", remove=True)
     uid = int(out.decode().strip())
     assert uid == RUN_AS
     assert uid != 0
 
 
-def test_own_image_carries_oci_labels(docker_client: Any, own_image: dict[str, str]) -> None:
-    labels = docker_client.images.get(own_image["local"]).labels
-    assert labels["org.opencontainers.image.base.name"] == own_image["base"]
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import getpass; print(getpass.getuser())",
+        "import os, pwd; print(pwd.getpwuid(os.getuid()).pw_name)",
+    ],
+    ids=["getpass", "pwd"],
+)
+def test_own_image_knows_its_user_by_name(
+    docker_client: Any, own_image: OwnImage, code: str
+) -> None:
+    """kopf's peering asks getpass.getuser(): uid 65532 needs a passwd entry (issue 10)."""
+    out = docker_client.containers.run(
+        own_image.local, ["-c", code], entrypoint="/opt/imagegate/bin/python", remove=True
+    )
+    assert out.decode().strip() == "nonroot"
+
+
+def test_own_image_stops_at_once_on_sigterm_as_pid_1(
+    docker_client: Any, own_image: OwnImage
+) -> None:
+    """The kernel drops signals that PID 1 has no handler for, so without one a SIGTERM would
+    wait for the kubelet's SIGKILL (issue 10: Pods stuck Terminating for 30 s). Here the
+    container waits on a registry that never answers when it is stopped."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        container = docker_client.containers.run(
+            own_image.local, ["check", f"127.0.0.1:{port}/never/answers:1"],
+            network_mode="host", detach=True,
+        )  # fmt: skip
+        try:
+            time.sleep(3)  # well past start-up: waiting for the registry's answer
+            container.reload()
+            assert container.status == "running", container.logs().decode()
+            started = time.monotonic()
+            container.stop(timeout=20)
+            assert time.monotonic() - started < 5, "SIGTERM was ignored until SIGKILL"
+            assert container.wait(timeout=10)["StatusCode"] == 128 + signal.SIGTERM
+        finally:
+            container.remove(force=True)
+
+
+def test_own_image_carries_oci_labels(docker_client: Any, own_image: OwnImage) -> None:
+    labels = docker_client.images.get(own_image.local).labels
+    assert labels["org.opencontainers.image.base.name"] == own_image.base
     assert labels["org.opencontainers.image.version"] == __version__
     assert labels["org.opencontainers.image.title"] == "imagegate"

@@ -7,6 +7,7 @@ import base64
 import json
 import re
 import shutil
+import signal
 import socket
 import ssl
 import threading
@@ -490,3 +491,35 @@ def test_a_stalled_registry_triggers_on_error_within_the_budget(
     text = response["status"]["message"] if not allowed else response["warnings"][0]
     assert f"onError: {on_error}" in text
     assert "1.5 s admission budget" in text
+
+
+def test_after_sigterm_the_webhook_serves_for_the_shutdown_delay_then_exits(
+    tmp_path: Path,
+) -> None:
+    """A Pod being replaced still receives requests for a moment after SIGTERM (kube-proxy and
+    the API server learn late that its endpoint is gone): it keeps answering, then stops."""
+    webhook = start_webhook(tmp_path, [], env={"IMAGEGATE_WEBHOOK_SHUTDOWN_DELAY_SECONDS": "2"})
+    try:
+        signalled = time.monotonic()
+        webhook.process.terminate()
+        time.sleep(1)
+        with webhook.client() as http:
+            assert http.get("/healthz").status_code == 200, "still serving within the delay"
+        assert webhook.process.wait(15) == 0
+        assert 2 <= time.monotonic() - signalled < 10
+        assert "serving 2.0 s more before shutting down" in webhook.logs()
+    finally:
+        webhook.stop()
+
+
+def test_a_second_signal_stops_a_draining_webhook_at_once(tmp_path: Path) -> None:
+    webhook = start_webhook(tmp_path, [], env={"IMAGEGATE_WEBHOOK_SHUTDOWN_DELAY_SECONDS": "30"})
+    try:
+        webhook.process.terminate()
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        webhook.process.send_signal(signal.SIGINT)
+        webhook.process.wait(10)
+        assert time.monotonic() - signalled < 5
+    finally:
+        webhook.stop()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
+import time
+from types import FrameType
 
 import uvicorn
 import uvloop
@@ -10,9 +14,49 @@ from fastapi import FastAPI
 
 from webhook.admission.tls import CertFiles, CertReloader
 
+log = logging.getLogger(__name__)
 
-def run(app: FastAPI, host: str, port: int, certs: CertFiles | None, reload_seconds: float) -> None:
-    """Serve until SIGTERM/SIGINT. One worker: the registry caches live in this process."""
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that SIGTERM stops it only after `delay` seconds of normal serving.
+
+    A Pod being replaced gets SIGTERM while kube-proxy and the API server may still send it
+    requests for a moment; closing the listener at once turns those into "connection refused",
+    which failurePolicy Fail makes a refused admission. SIGINT or a second signal stop at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, delay: float) -> None:
+        super().__init__(config)
+        self._delay = delay
+        self._stop_at: float | None = None
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._delay > 0 and self._stop_at is None:
+            self._stop_at = time.monotonic() + self._delay  # no logging in a signal handler
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and not self.should_exit:
+            if not self._announced:
+                self._announced = True
+                log.info("SIGTERM: serving %.1f s more before shutting down", self._delay)
+            if time.monotonic() >= self._stop_at:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run(
+    app: FastAPI,
+    host: str,
+    port: int,
+    certs: CertFiles | None,
+    reload_seconds: float,
+    shutdown_delay: float = 0.0,
+) -> None:
+    """Serve until SIGTERM (after `shutdown_delay` seconds) or SIGINT. One worker: the registry
+    caches live in this process."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -25,7 +69,7 @@ def run(app: FastAPI, host: str, port: int, certs: CertFiles | None, reload_seco
         timeout_graceful_shutdown=10,
     )
     config.load()
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, shutdown_delay)
 
     async def main() -> None:
         watcher: asyncio.Task[None] | None = None

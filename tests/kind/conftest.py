@@ -1,0 +1,396 @@
+"""In-cluster end-to-end suite: imagegate installed with helm on a kind cluster, as users run it.
+
+The cluster and its registry are made elsewhere (``make kind-up``); this suite only uses them:
+
+* ``IMAGEGATE_KIND_CONTEXT`` (``kind-imagegate``): the kube context; every kubectl and helm
+  call names it, through a kubeconfig holding that context alone.
+* ``IMAGEGATE_KIND_REGISTRY`` (``localhost:5001``): the registry as the host pushes to it and as
+  Pods name images (containerd on the node redirects it to the registry container).
+* ``IMAGEGATE_KIND_REGISTRY_INTERNAL`` (``kind-registry:5000``): the registry as containers on
+  the kind network reach it; the webhook and the operator read ``localhost:5001/...`` there
+  (``IMAGEGATE_REGISTRY_MIRRORS``), as containerd does.
+
+Session fixtures:
+
+* ``kind`` — the cluster (``tests.kind.harness.Kind``); unreachable: ``missing_part``.
+* ``kind_images`` — the fixture images built by the Docker engine and pushed to the registry:
+  ``{name: "localhost:5001/fixtures/<name>:1"}``.
+* ``imagegate_image`` — imagegate's own image (the root Dockerfile on the local base), pushed.
+* ``release`` — the chart ``helm upgrade --install``-ed in ``imagegate-system`` in its normal
+  Service mode (chart-generated TLS), pinned to that image's digest, ``--wait``, then
+  ``helm test``. At the end of the session every Pod of the chart must be Ready with zero
+  restarts and without RBAC denials in its logs.
+* ``audit_policy`` — an audit-mode ImagePolicy for namespaces labelled ``AUDIT_LABEL=audit``
+  (which the release's enforce policy excludes), loaded by the webhook.
+
+Function fixtures: ``namespace`` (enforce mode) and ``audit_namespace``; both deleted after.
+``summary`` (session) collects the lines of the ``kind cluster`` section printed at the end
+(install and upgrade times, admissions during the rollout, the chart's Pods at the end).
+
+Tests run in the order of ``MODULE_ORDER``: docs/kind.md's walkthrough first (it installs the
+release its own way; ``release`` then upgrades it), and the tests that take the webhook down or
+roll the release out last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.chart.conftest import find_helm
+from tests.conftest import ROOT, missing_part, push_fixtures
+from tests.e2e.manifests import pod
+from tests.fixtures.images import FixtureBuildError
+from tests.fixtures.own_image import BaseMissingError, OwnImage, build_own_image
+from tests.kind.harness import RELEASE, SYSTEM, Kind, KubectlError, restarts
+from webhook import __version__
+
+CONTEXT = os.environ.get("IMAGEGATE_KIND_CONTEXT", "kind-imagegate")
+REGISTRY = os.environ.get("IMAGEGATE_KIND_REGISTRY", "localhost:5001")
+REGISTRY_INTERNAL = os.environ.get("IMAGEGATE_KIND_REGISTRY_INTERNAL", "kind-registry:5000")
+CHART = ROOT / "charts" / "imagegate"
+IMAGE_TAG = f"{__version__}-kind"
+AUDIT_LABEL = "kind.imagegate.dev/mode"
+AUDIT_POLICY = "kind-audit"
+MODULE_ORDER = (
+    "test_docs_walkthrough",  # a user's walk from nothing (make kind-install) comes first
+    "test_install",
+    "test_workloads",
+    "test_rebuild",
+    "test_audit",
+    "test_failure_policy",
+    "test_upgrade",
+)
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kind: needs the kind cluster (make kind-up)")
+    config.stash[SUMMARY] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("kind cluster")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def summary(request: pytest.FixtureRequest) -> list[str]:
+    """Lines printed in the `kind cluster` section at the end of the run."""
+    return request.config.stash[SUMMARY]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put this suite's tests in MODULE_ORDER (a stable sort), leaving other tests in place."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+
+    def rank(item: pytest.Item) -> int:
+        stem = item.path.stem
+        return MODULE_ORDER.index(stem) if stem in MODULE_ORDER else len(MODULE_ORDER)
+
+    ordered = sorted((items[i] for i in slots), key=rank)
+    for slot, item in zip(slots, ordered, strict=True):
+        items[slot] = item
+        item.add_marker(pytest.mark.kind)
+
+
+# ---- the cluster ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kind(tmp_path_factory: pytest.TempPathFactory) -> Kind:
+    """The kind cluster, reachable and with its nodes Ready, and its registry answering."""
+    if shutil.which("kubectl") is None:
+        missing_part("no kubectl on PATH")
+    helm = find_helm()
+    if helm is None:
+        missing_part("no helm binary: run hack/build-tools.sh")
+    view = subprocess.run(
+        ["kubectl", "config", "view", "--raw", "--minify", "--context", CONTEXT],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if view.returncode != 0:
+        missing_part(f"no kube context {CONTEXT} ({view.stderr.strip()}): make kind-up")
+    kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
+    kubeconfig.touch(mode=0o600)  # it holds the cluster admin's client key
+    kubeconfig.write_text(view.stdout)
+    cluster = Kind(CONTEXT, kubeconfig, REGISTRY, REGISTRY_INTERNAL, helm)
+    try:
+        nodes = cluster.items("nodes")
+    except (KubectlError, subprocess.TimeoutExpired) as e:
+        missing_part(f"the kind cluster {CONTEXT} is not reachable: {e}")
+    try:
+        httpx.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
+    except httpx.HTTPError as e:
+        missing_part(f"the kind registry {REGISTRY} does not answer ({e}): make kind-up")
+    cluster.wait_for(
+        "every node to be Ready",
+        lambda: all(_node_ready(n) for n in cluster.items("nodes")) or None,
+        120,
+        lambda: cluster.kubectl("describe", "nodes", check=False).stdout,
+    )
+    assert nodes, f"the cluster {CONTEXT} has no nodes"
+    return cluster
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+    return conditions.get("Ready") == "True"
+
+
+@pytest.fixture(scope="session")
+def kind_images(docker_client: Any, kind: Kind) -> dict[str, str]:
+    """Every fixture image, pushed to the kind registry: name → ``<registry>/fixtures/<name>:1``."""
+    return push_fixtures(docker_client, kind.registry)
+
+
+@pytest.fixture(scope="session")
+def imagegate_image(docker_client: Any, kind: Kind) -> OwnImage:
+    """imagegate's own image built from the root Dockerfile and pushed to the kind registry."""
+    try:
+        return build_own_image(docker_client, kind.registry, IMAGE_TAG)
+    except BaseMissingError as e:
+        missing_part(str(e))
+    except FixtureBuildError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+# ---- the release ---------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    """The chart installed in ``imagegate-system``: ``values`` (a file) plus ``sets`` that
+    stay (``--set`` overrides, e.g. the HA replicas once the upgrade test applied them)."""
+
+    kind: Kind
+    values: Path
+    image: OwnImage
+    sets: list[str] = field(default_factory=list)
+    test_phase: str = ""
+
+    @property
+    def image_ref(self) -> str:
+        return self.image.pinned
+
+    def upgrade(self, *extra: str, wait: bool = True) -> None:
+        """``helm upgrade --install`` with the values, the kept sets and ``extra`` args."""
+        self.kind.helm(
+            "upgrade", "--install", RELEASE, str(CHART), "--namespace", SYSTEM,
+            "--create-namespace", "--values", str(self.values),
+            *(a for s in self.sets for a in ("--set", s)), *extra,
+            *(("--wait", "--timeout", "5m") if wait else ()),
+        )  # fmt: skip
+
+    def test(self) -> str:
+        """``helm test``: the chart's test Pod GETs /readyz through the Service, verifying the
+        certificate against the CA in the TLS Secret; it succeeds only on a 200. Its phase.
+
+        (No ``--logs``: the chart deletes a succeeded test Pod, and Helm 3 asks for its logs
+        after deleting it, helm/helm#9098.)"""
+        done = self.kind.helm("test", RELEASE, "--namespace", SYSTEM, timeout=300)
+        phase = re.search(r"^Phase:\s+(\w+)", done.stdout, re.MULTILINE)
+        return phase.group(1) if phase else done.stdout
+
+    @staticmethod
+    def selector(component: str | None = None) -> str:
+        labels = f"app.kubernetes.io/instance={RELEASE}"
+        return f"{labels},app.kubernetes.io/component={component}" if component else labels
+
+    def deployment(self, component: str) -> str:
+        return f"{RELEASE}-{component}"
+
+    def replicas(self, component: str) -> int:
+        got = self.kind.get("deployment", self.deployment(component), SYSTEM)
+        return int(got["spec"]["replicas"])
+
+    def pods(self, component: str | None = None) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.kind.items("pods", SYSTEM, self.selector(component))
+            if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "test"
+        ]
+
+    def wait_ready(self, component: str, timeout: float = 180) -> list[dict[str, Any]]:
+        """Wait until the component's Deployment has all its replicas Ready (and no others)."""
+        return self.kind.wait_selector_ready(
+            SYSTEM, self.selector(component), self.replicas(component), timeout
+        )
+
+    def logs(self, component: str) -> dict[str, str]:
+        return {
+            p["metadata"]["name"]: self.kind.logs(p["metadata"]["name"], SYSTEM)
+            for p in self.pods(component)
+        }
+
+
+def release_values(kind: Kind, image: OwnImage, images: dict[str, str]) -> dict[str, Any]:
+    """The values a user on kind would set: the pushed image pinned by digest, the registry
+    mirror for the webhook and the operator (as hack/make/kind.mk does), PolicyReport CRDs, and
+    an enforce policy that approves the fixtures' base and leaves audit namespaces to
+    ``audit_policy``."""
+    mirrors = [
+        {"name": "IMAGEGATE_REGISTRY_MIRRORS", "value": json.dumps({REGISTRY: REGISTRY_INTERNAL})}
+    ]
+    return {
+        "image": {"registry": kind.registry, "repository": "imagegate", "digest": image.digest},
+        "webhook": {"failurePolicy": "Fail", "extraEnv": mirrors},
+        "operator": {
+            "extraEnv": [*mirrors, {"name": "IMAGEGATE_OPERATOR_SCAN_SECONDS", "value": "30"}]
+        },
+        "policyReports": {"installCRDs": True},
+        "policy": {
+            "spec": {
+                "mode": "enforce",
+                "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+                "rules": {"allowedBases": {"references": [images["base"]]}},
+            }
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def release(
+    kind: Kind,
+    imagegate_image: OwnImage,
+    kind_images: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    summary: list[str],
+) -> Iterator[Release]:
+    """The chart installed (``--wait``) and ``helm test``-ed; checked again at the end."""
+    values = tmp_path_factory.mktemp("release") / "values.yaml"
+    values.write_text(yaml.safe_dump(release_values(kind, imagegate_image, kind_images)))
+    installed = Release(kind, values, imagegate_image)
+    started = time.monotonic()
+    installed.upgrade()
+    installed.wait_ready("webhook")
+    installed.wait_ready("operator")
+    summary.append(
+        f"helm upgrade --install --wait of {imagegate_image.pinned}: "
+        f"{time.monotonic() - started:.0f}s"
+    )
+    installed.test_phase = installed.test()
+    yield installed
+    _every_pod_ready_without_restarts(installed)
+    pods = installed.pods()
+    summary.append(
+        f"at the end: {len(pods)} Pods of the chart Ready, 0 restarts, no RBAC denial in logs "
+        f"({', '.join(sorted(p['metadata']['name'] for p in pods))})"
+    )
+
+
+def _every_pod_ready_without_restarts(release: Release) -> None:
+    """The end of the session: the chart's Pods are Ready, never restarted, and their logs
+    show no RBAC denial. A restarted container's previous logs are printed."""
+    kind = release.kind
+    problems: list[str] = []
+    try:
+        kind.wait_for(
+            "the chart's terminating Pods to be gone",
+            lambda: not any(p["metadata"].get("deletionTimestamp") for p in release.pods()),
+            60,
+            lambda: kind.diagnose(SYSTEM),
+        )
+    except pytest.fail.Exception as e:
+        problems.append(str(e))
+    for component in ("webhook", "operator"):
+        try:
+            release.wait_ready(component, timeout=120)
+        except pytest.fail.Exception as e:
+            problems.append(str(e))
+    for p in release.pods():
+        name = p["metadata"]["name"]
+        restarted = {c: n for c, n in restarts(p).items() if n}
+        if restarted:
+            previous = kind.logs(name, SYSTEM, "--previous", "--tail=80")
+            problems.append(f"{name} restarted {restarted}; previous logs:\n{previous}")
+        logs = kind.logs(name, SYSTEM)
+        denials = [line for line in logs.splitlines() if "forbidden" in line.lower()]
+        if denials:
+            problems.append(f"{name} was denied by RBAC:\n" + "\n".join(denials[:10]))
+    if problems:
+        pytest.fail("the chart's Pods at the end of the session:\n" + "\n\n".join(problems))
+
+
+# ---- namespaces and policies ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_namespace(kind: Kind, labels: dict[str, str]) -> Iterator[str]:
+    """A namespace ``kind-<random>`` with ``labels``, deleted (without waiting) afterwards."""
+    name = f"kind-{uuid.uuid4().hex[:8]}"
+    manifest = {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels}}  # fmt: skip
+    answer = kind.apply(manifest)
+    assert answer.returncode == 0, answer.stderr
+    try:
+        # Pods are refused until the ServiceAccount controller has made `default`.
+        kind.wait_for(
+            f"ServiceAccount default in {name}",
+            lambda: kind.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+            30,
+        )
+        yield name
+    finally:
+        kind.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(kind: Kind, release: Release) -> Iterator[str]:
+    """A fresh namespace under the release's enforce policy."""
+    with fresh_namespace(kind, {}) as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def audit_policy(kind: Kind, release: Release, kind_images: dict[str, str]) -> Iterator[str]:
+    """An audit-mode ImagePolicy for namespaces labelled ``AUDIT_LABEL=audit``."""
+    policy = {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImagePolicy",
+        "metadata": {"name": AUDIT_POLICY},
+        "spec": {
+            "mode": "audit",
+            "onError": "allow",
+            "match": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+            "rules": {"allowedBases": {"references": [kind_images["base"]]}},
+        },
+    }
+    answer = kind.apply(policy)
+    assert answer.returncode == 0, answer.stderr
+    try:
+        yield AUDIT_POLICY
+    finally:
+        kind.kubectl("delete", "imagepolicy", AUDIT_POLICY, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def audit_namespace(kind: Kind, audit_policy: str, kind_images: dict[str, str]) -> Iterator[str]:
+    """A fresh namespace under the audit policy, once the webhook has loaded it."""
+    with fresh_namespace(kind, {AUDIT_LABEL: "audit"}) as name:
+
+        def audited() -> bool:
+            probe = pod(f"probe-{uuid.uuid4().hex[:6]}", kind_images["zero"])
+            answer = kind.create(probe, name, "--dry-run=server")
+            return answer.returncode == 0 and "imagegate (audit)" in answer.stderr
+
+        kind.wait_for(f"the webhook to apply ImagePolicy {audit_policy}", audited, 60)
+        yield name
