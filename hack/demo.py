@@ -237,15 +237,17 @@ def kind() -> int:
     env = {**os.environ, "KUBECONFIG": str(_kind_kubeconfig())}
     say("sample images pushed to the kind registry")
     refs = build_fixtures(docker.from_env(timeout=300), f"localhost:{PORT}")
-    kubectl(env, "patch", "imagepolicy", "default", "--type=merge", "-p", json.dumps(
-        {"spec": {"rules": {"allowedBases": {"references": [refs["base"]]},
-                            "sizeBudget": {"maxCompressedSize": "2MB"}}}}))  # fmt: skip
+    kubectl(env, "patch", "imagepolicy", "default", "--type=merge", "-p", json.dumps({"spec": {
+        "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
+        "rules": {"allowedBases": {"references": [refs["base"]]},
+                  "sizeBudget": {"maxCompressedSize": "2MB"}},
+    }}))  # fmt: skip
     _workloads(env, refs, running=True)
     print(
         "\nThe kind cluster keeps running with imagegate in it (the webhook and the operator are "
         f"Pods in {SYSTEM}):\n"
         f"  export KUBECONFIG={env['KUBECONFIG']}\n"
-        "  kubectl -n demo run web --image=docker.io/library/nginx:1.27   # denied\n"
+        f"  kubectl -n shop run zero --image={refs['zero']}   # denied: runs as uid 0\n"
         f"  kubectl -n {SYSTEM} logs deploy/imagegate-webhook\n"
         "Remove it with `make kind-down`."
     )
@@ -281,6 +283,23 @@ def _wait_ready(ca: Path, env: dict[str, str]) -> None:
     raise SystemExit(f"demo: the webhook did not become ready; see {STATE / 'logs' / 'serve.log'}")
 
 
+def _wait_admitted(
+    env: dict[str, str], manifest: dict[str, Any], namespace: str, warning: str
+) -> None:
+    """Until a server-side dry run of `manifest` is admitted (with `warning`, when given)."""
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(
+            ["kubectl", "apply", "--dry-run=server", "-n", namespace, "-f", "-"],
+            env=env, input=yaml.safe_dump(manifest), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode == 0 and warning in done.stderr:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: the webhook did not load the demo policies: {done.stderr}")
+        time.sleep(1)
+
+
 def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False) -> None:
     for namespace in ("shop", "legacy"):
         manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
@@ -292,7 +311,9 @@ def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False)
         "spec": {"mode": "audit", "match": {"namespaces": ["legacy"]},
                  "rules": {"allowedBases": {"references": [refs["base"]]}}},
     }))  # fmt: skip
-    time.sleep(2)  # the webhook re-reads ImagePolicies every second
+    # The webhook re-reads ImagePolicies every few seconds: wait until both are in force.
+    _wait_admitted(env, deployment("web", refs["good"]), "shop", "")
+    _wait_admitted(env, pod("probe", refs["named-user"]), "legacy", "imagegate (audit)")
 
     say("enforce mode (namespace shop): a compliant Deployment is admitted, pinned to its digest")
     apply(env, deployment("web", refs["good"], replicas=2), "shop")
@@ -330,7 +351,7 @@ def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False)
                                                    "before", "after")}, indent=2))  # fmt: skip
 
     say("the same root image again: the webhook swaps in the replacement, and it is admitted")
-    time.sleep(2)  # the webhook re-reads ImageRebuilds every second
+    _wait_admitted(env, pod("cart", source), "shop", "")  # ImageRebuilds are re-read too
     apply(env, pod("cart", source), "shop")
     print("stored image:", kubectl(env, "get", "pod", "cart", "-n", "shop", "-o",
                                    "jsonpath={.spec.containers[0].image}"))  # fmt: skip
