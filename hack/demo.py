@@ -147,7 +147,7 @@ def main() -> int:
         say(
             "no kind here: no node image is cached and none can be pulled, so this demo uses a "
             "local API server (admission is real, but no kubelet runs the Pods). "
-            "`make kind-node-image` builds the offline node image (about 30 minutes cold); "
+            "`make kind-node-image` builds the offline node image (about 8 minutes cold); "
             "`make demo` then runs on kind"
         )
     say(f"registry on 127.0.0.1:{PORT}, sample images built by the Docker engine")

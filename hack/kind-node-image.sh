@@ -7,9 +7,9 @@
 #   hack/kind-node-image.sh --name   print the name it would have, build nothing
 #
 # Cached by a key over everything that goes in (this script, hack/kind/node/, the tool pins,
-# the Debian suite and package list): a cache hit is one `docker image inspect`. Cold: the Go
-# builds of hack/build-tools.sh --kind (their own cache), ~2-4 min of debootstrap, ~1 min to
-# make and preload the control-plane images. The image is ~1.5 GB.
+# the Debian suite and package list): a cache hit is one `docker image inspect`. Cold (2 cores):
+# ~6 min of Go builds (hack/build-tools.sh --kind, their own cache) with ~75 s of debootstrap
+# beside them, then ~1 min to make and preload the control-plane images. The image is ~1.5 GB.
 #
 # What is where:
 #   kubelet, kubeadm, kubectl (/usr/bin), crictl      hack/build-tools.sh --kind (Go modules)
