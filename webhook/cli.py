@@ -56,7 +56,9 @@ def check(
     output: Annotated[CheckOutput, typer.Option(help="Output format.")] = CheckOutput.table,
     platform: Annotated[
         str | None,
-        typer.Option(help="os/arch[/variant] to check (default: policy's, else this machine's)."),
+        typer.Option(
+            help="os/arch or os/arch/variant to check (default: policy's, else this machine's)."
+        ),
     ] = None,
     allow_base: Annotated[
         list[str] | None, typer.Option("--allow-base", help="Approve this base image (repeatable).")
