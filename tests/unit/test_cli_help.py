@@ -17,8 +17,9 @@ def test_there_are_commands_to_check() -> None:
     assert {"check", "serve", "rebuild", "report", "operator"} <= set(COMMANDS)
 
 
+@pytest.mark.parametrize("columns", ["80", "200"])
 @pytest.mark.parametrize("command", COMMANDS)
-def test_help_renders(command: str) -> None:
-    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+def test_help_renders(command: str, columns: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": columns})
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
