@@ -14,7 +14,8 @@ from typing import Final
 
 from webhook.policy.rules.size_budget import human
 from webhook.report.policyreport import RESULTS
-from webhook.report.render import (
+from webhook.report.sources import Report
+from webhook.report.summary import (
     Counts,
     ImageSummary,
     Summary,
@@ -26,7 +27,6 @@ from webhook.report.render import (
     summarize,
     timestamp_text,
 )
-from webhook.report.sources import Report
 
 COLORS: Final = {
     "pass": "#1f883d",
