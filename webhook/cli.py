@@ -339,7 +339,8 @@ def report(
     ] = None,
 ) -> None:
     """Report compliance: from a file, the cluster's PolicyReports, or a live scan."""
-    from webhook.report.render import render, render_table
+    from webhook.report.output import render
+    from webhook.report.render import render_table
     from webhook.report.sources import report_from_cluster, report_from_entries, report_from_file
 
     now = datetime.now(UTC)

@@ -20,7 +20,8 @@ import pytest
 from rich.console import Console
 
 from webhook.errors import UsageError
-from webhook.report.render import render, render_json, render_markdown, render_table
+from webhook.report.output import render
+from webhook.report.render import render_json, render_markdown, render_table
 from webhook.report.render_html import render_html
 from webhook.report.sources import Report, ReportRow, report_from_file
 

@@ -1,19 +1,20 @@
-"""`imagegate report` outputs: a rich table, JSON, Markdown (pull-request comments) and HTML.
+"""`imagegate report` outputs: a rich table, JSON and Markdown (pull-request comments); HTML is
+`render_html`, and `output.render` picks one.
 
-Every renderer reads the same `Summary` of a `Report`, so the outputs agree with each other.
+Every renderer reads the same `Summary` of a `Report` (report/summary.py), so the outputs agree
+with each other; the renderers never import each other.
 Output is deterministic (sorted, no clock reads): the report carries its `generated` time.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Final, Literal
+from typing import Final
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from webhook.errors import UsageError
 from webhook.report.policyreport import RESULTS
 from webhook.report.sources import Report
 from webhook.report.summary import (
@@ -28,8 +29,6 @@ from webhook.report.summary import (
     timestamp_text,
 )
 
-Output = Literal["table", "json", "markdown", "html"]
-OUTPUTS: Final[tuple[str, ...]] = ("table", "json", "markdown", "html")
 MAX_MARKDOWN_PROBLEMS: Final = 200  # GitHub comments are limited to 65536 characters
 RESULT_STYLE: Final = {
     "pass": "green",
@@ -219,20 +218,3 @@ def render_table(report: Report, console: Console) -> None:
         console.print(problems)
     style = "bold red" if any(s.totals[k] for k in PROBLEMS) else "bold green"
     console.print(Text(f"{headline(s)} Compliance {percent(s.totals)}.", style=style))
-
-
-# ---------------------------------------------------------------------------------------------
-# Dispatch
-
-
-def render(report: Report, output: str) -> str:
-    """JSON, Markdown or HTML as text (the table is printed: use `render_table`)."""
-    if output == "json":
-        return render_json(report)
-    if output == "markdown":
-        return render_markdown(report)
-    if output == "html":
-        from webhook.report.render_html import render_html
-
-        return render_html(report)
-    raise UsageError(f"--output {output!r}: choose one of {', '.join(OUTPUTS)}")
