@@ -130,7 +130,10 @@ def kind_available() -> str | None:
 
 
 def _docker_ok(*args: str) -> bool:
-    done = subprocess.run(["docker", *args], capture_output=True, timeout=120, check=False)
+    try:
+        done = subprocess.run(["docker", *args], capture_output=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:  # a pull that hangs (a network that drops packets) is a no
+        return False
     return done.returncode == 0
 
 
@@ -259,8 +262,9 @@ def _kind_kubeconfig() -> Path:
     path = STATE / "kind-imagegate.kubeconfig"
     raw = kubectl(dict(os.environ), "config", "view", "--raw", "--minify",
                   "--context", "kind-imagegate")  # fmt: skip
-    path.write_text(raw)
+    path.touch(mode=0o600)  # it holds the cluster admin's client key: never readable by others
     path.chmod(0o600)
+    path.write_text(raw)
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing_part
+from tests.kind.harness import Kind
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "kind.md"
@@ -56,17 +56,6 @@ def matches(expected: str, output: str) -> bool:
     return True
 
 
-@pytest.fixture
-def kind_cluster_up() -> None:
-    """The page starts from `make kind-up`; the cluster must answer (CI brings it up first)."""
-    done = subprocess.run(
-        ["kubectl", "--context", "kind-imagegate", "get", "nodes"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        missing_part(f"no kind cluster (context kind-imagegate; run make kind-up): {done.stderr}")
-
-
 def test_the_walkthrough_parser_reads_commands_and_their_output() -> None:
     page = (
         "x\n<!-- walkthrough -->\n```sh\na\nb\n```\n\n```text\nout ...\n```\n"
@@ -77,7 +66,8 @@ def test_the_walkthrough_parser_reads_commands_and_their_output() -> None:
     assert not matches("pod/x created", "Error from server: denied")
 
 
-def test_docs_kind_md_walkthrough_works_word_for_word(kind_cluster_up: None) -> None:
+def test_docs_kind_md_walkthrough_works_word_for_word(kind: Kind) -> None:
+    """`kind` only makes sure the cluster answers; the page itself does the rest."""
     steps = walkthrough(DOC.read_text())
     assert any("make kind-install" in s.command for s in steps)
     subprocess.run(
