@@ -345,7 +345,8 @@ async def test_blob_store_pushes_and_mounts_with_credentials(
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     first = Reference.parse(f"{auth_registry.host}/blobs/one")
     second = Reference.parse(f"{auth_registry.host}/blobs/two")
-    async with RegistryClient(RegistrySettings(), keyring) as c, BlobStore(c) as blobs:
+    async with RegistryClient(RegistrySettings(), keyring) as c:
+        blobs = BlobStore(c)
         assert await blobs.upload(first, digest, blob)
         assert not await blobs.upload(first, digest, blob)  # HEAD says it is there
         assert await blobs.copy(first, second, digest, tmp_path / "scratch") == "mounted"

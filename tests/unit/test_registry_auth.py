@@ -355,23 +355,31 @@ def test_parse_challenges_over_several_header_lines() -> None:
 
 def test_token_request_sends_scope_service_and_basic_credentials() -> None:
     challenge = Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg"})
-    request = token_request(challenge, "repository:app:pull", Credential("alice", "pw"))
+    request = token_request(challenge, ["repository:app:pull"], Credential("alice", "pw"))
     assert request.method == "GET"
     assert request.url.params["scope"] == "repository:app:pull"
     assert request.url.params["service"] == "reg"
     assert request.headers["Authorization"] == "Basic " + b64("alice:pw")
 
 
+def test_token_request_asks_for_every_scope() -> None:
+    """A cross-repository mount needs push on the target and pull on the source in one token."""
+    challenge = Challenge("bearer", {"realm": "https://auth.example/token"})
+    scopes = ["repository:app:pull,push", "repository:base:pull"]
+    request = token_request(challenge, scopes, None)
+    assert request.url.params.get_list("scope") == scopes
+
+
 def test_token_request_is_anonymous_without_credentials() -> None:
     challenge = Challenge("bearer", {"realm": "https://auth.example/token"})
-    request = token_request(challenge, "repository:app:pull", None)
+    request = token_request(challenge, ["repository:app:pull"], None)
     assert "Authorization" not in request.headers
     assert "service" not in request.url.params
 
 
 def test_token_request_with_identity_token_uses_the_oauth2_refresh_grant() -> None:
     challenge = Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg"})
-    request = token_request(challenge, "repository:app:pull", Credential(identity_token="rt"))
+    request = token_request(challenge, ["repository:app:pull"], Credential(identity_token="rt"))
     assert request.method == "POST"
     body = request.read().decode()
     assert "grant_type=refresh_token" in body

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +27,7 @@ from webhook.errors import (
     ImageNotFound,
     InvalidImageData,
     PlatformNotFound,
+    RegistryError,
     RegistryForbidden,
     RegistryRateLimited,
     RegistryUnauthorized,
@@ -34,6 +36,7 @@ from webhook.errors import (
 )
 from webhook.registry import mediatypes as mt
 from webhook.registry.auth import Keyring
+from webhook.registry.blobs import BlobStore
 from webhook.registry.client import RegistryClient
 from webhook.registry.facts import Platform
 from webhook.registry.reference import Reference
@@ -521,6 +524,13 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def login(registry: FakeRegistry, user: str, password: str) -> Keyring:
+    """A keyring holding `user`'s password for `registry`, as `docker login` leaves it."""
+    return Keyring.from_dockerconfigjson(
+        {"auths": {registry.host: {"username": user, "password": password}}}
+    )
+
+
 def protect_with_tokens(registry: FakeRegistry, user: str, password: str) -> None:
     """Every /v2/app path needs `Bearer tok-123`; /token hands it out for the right Basic creds."""
     challenge = (
@@ -553,9 +563,7 @@ async def test_bearer_challenge_fetches_a_scoped_token_with_basic_credentials(
 ) -> None:
     registry.add_image()
     protect_with_tokens(registry, "alice", "s3cret")
-    keyring = Keyring.from_dockerconfigjson(
-        {"auths": {registry.host: {"username": "alice", "password": "s3cret"}}}
-    )
+    keyring = login(registry, "alice", "s3cret")
     async with RegistryClient(make_settings(), Keyring.empty()) as c:
         facts = await c.inspect(registry.ref("app:1"), AMD64, keyring)
         assert facts.user == "1000"
@@ -608,9 +616,7 @@ async def test_basic_challenge_retries_with_basic_credentials(registry: FakeRegi
         return inner
 
     registry.routes["/v2/app/manifests/1"] = guarded
-    keyring = Keyring.from_dockerconfigjson(
-        {"auths": {registry.host: {"username": "bob", "password": "pw"}}}
-    )
+    keyring = login(registry, "bob", "pw")
     async with RegistryClient(make_settings(), keyring) as c:
         manifest = await c.get_manifest(registry.ref("app:1"))
     assert manifest.media_type == mt.OCI_MANIFEST
@@ -679,4 +685,91 @@ async def test_plain_http_only_for_loopback_and_insecure_registries(
     host: str, insecure: list[str], plain: bool
 ) -> None:
     async with RegistryClient(make_settings(insecure_registries=insecure), Keyring.empty()) as c:
-        assert c.uses_plain_http(host) is plain
+        assert c.transport.uses_plain_http(host) is plain
+
+
+# ---- the one transport: blob transfers share auth, retries and error mapping ---------------
+
+
+async def test_blob_download_reuses_the_read_token_and_honours_retry_after(
+    registry: FakeRegistry, tmp_path: Path
+) -> None:
+    """BlobStore and RegistryClient share one token cache and one retry loop."""
+    registry.add_image()
+    layer = b"layer bytes" * 100
+    layer_path = f"/v2/app/blobs/{sha(layer)}"
+    registry.routes[layer_path] = Reply(200, layer)
+    protect_with_tokens(registry, "alice", "s3cret")
+    answers = [Reply(503, b"busy", {"Retry-After": "0"})]
+    guarded_layer = registry.routes[layer_path]
+    assert callable(guarded_layer)
+
+    def flaky(seen: Seen) -> Reply:
+        reply = guarded_layer(seen)
+        return answers.pop(0) if reply.status == 200 and answers else reply
+
+    registry.routes[layer_path] = flaky
+    keyring = login(registry, "alice", "s3cret")
+    async with RegistryClient(make_settings(), keyring) as c:
+        await c.inspect(registry.ref("app:1"), AMD64)
+        size = await BlobStore(c).download(registry.ref("app"), sha(layer), tmp_path / "layer")
+        assert (c.stats.token_fetches, c.stats.retries) == (1, 1)
+    assert size == len(layer)
+    assert (tmp_path / "layer").read_bytes() == layer
+
+
+async def test_a_redirect_loop_is_an_error_and_not_retried(registry: FakeRegistry) -> None:
+    digest, _ = registry.add_image()
+    manifest = json.loads(registry.routes[f"/v2/app/manifests/{digest}"].body)  # type: ignore[union-attr]
+    config_path = f"/v2/app/blobs/{manifest['config']['digest']}"
+    registry.routes[config_path] = Reply(302, b"", {"Location": config_path})
+    async with RegistryClient(make_settings(retries=2), Keyring.empty()) as c:
+        with pytest.raises(RegistryError, match="redirected too many times"):
+            await c.inspect(registry.ref("app:1"), AMD64)
+    assert registry.count(config_path) == 21  # httpx's limit of 20 redirects, once
+
+
+async def test_a_body_that_cannot_be_decoded_is_invalid_image_data(
+    registry: FakeRegistry, client: RegistryClient
+) -> None:
+    registry.routes["/v2/app/manifests/1"] = Reply(
+        200, b"this is not gzip", {"Content-Type": mt.OCI_MANIFEST, "Content-Encoding": "gzip"}
+    )
+    with pytest.raises(InvalidImageData, match="cannot be decoded"):
+        await client.get_manifest(registry.ref("app:1"))
+
+
+async def test_credentials_never_follow_a_location_to_another_host(
+    registry: FakeRegistry,
+) -> None:
+    """A hostile registry's Location must not collect the token issued for this registry."""
+    registry.add_image()
+    protect_with_tokens(registry, "alice", "s3cret")
+    keyring = login(registry, "alice", "s3cret")
+    elsewhere = FakeRegistry()
+    elsewhere.thread.start()
+    elsewhere.routes["/collect"] = Reply(200, b"{}")
+    try:
+        async with RegistryClient(make_settings(), keyring) as c:
+            await c.get_manifest(registry.ref("app:1"))
+            ref = registry.ref("app")
+            reply = await c.transport.request(
+                "GET", ref, f"http://{elsewhere.host}/collect", what="a Location"
+            )
+            assert reply.status == 200
+            own = await c.transport.request("GET", ref, "manifests/1", what="manifest app:1")
+            assert own.status == 200  # the cached token still goes to the registry itself
+    finally:
+        elsewhere.stop.set()
+        elsewhere.server.shutdown()
+        elsewhere.server.server_close()
+    assert [s.headers.get("authorization") for s in elsewhere.seen] == [None]
+
+
+async def test_an_unusable_location_is_a_registry_error(
+    registry: FakeRegistry, client: RegistryClient
+) -> None:
+    with pytest.raises(RegistryError, match="cannot address"):
+        await client.transport.request(
+            "GET", registry.ref("app"), "http://[not-an-ip/x", what="an upload session"
+        )

@@ -225,16 +225,15 @@ async def rebuild(
     )
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        async with job.blobs:
-            if top.is_index:
-                body, media_type, platforms = await _rebuild_index(job, top)
-            else:
-                done = await _rebuild_manifest(job, top, None)
-                platforms = [done]
-                body, media_type = done.body, mt.OCI_MANIFEST
-            digest = await push_manifest(job.blobs, target, body, media_type)
-            tag = replacement_tag(src, top.digest)
-            created = await tag_once(job.blobs, target, tag, body, media_type)
+        if top.is_index:
+            body, media_type, platforms = await _rebuild_index(job, top)
+        else:
+            done = await _rebuild_manifest(job, top, None)
+            platforms = [done]
+            body, media_type = done.body, mt.OCI_MANIFEST
+        digest = await push_manifest(job.blobs, target, body, media_type)
+        tag = replacement_tag(src, top.digest)
+        created = await tag_once(job.blobs, target, tag, body, media_type)
     finally:
         shutil.rmtree(job.workdir, ignore_errors=True)
 

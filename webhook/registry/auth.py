@@ -8,7 +8,7 @@ pull secrets can be put in front of the webhook's own config with `merged`.
 Token auth (distribution's token spec): a 401 carries `WWW-Authenticate: Bearer realm=…,
 service=…,scope=…`; we ask the realm for a `repository:<repo>:pull` token, with Basic
 credentials when we have them, and cache it per (host, scope, credentials) until it expires.
-The HTTP exchange itself is done by the client so that it shares retries and timeouts.
+The HTTP exchange itself is `webhook.registry.transport`'s, so it shares retries and limits.
 """
 
 from __future__ import annotations
@@ -405,7 +405,10 @@ def pull_scope(repository: str) -> str:
 
 
 def token_request(
-    challenge: Challenge, scope: str, credential: Credential | None, client_id: str = "imagegate"
+    challenge: Challenge,
+    scopes: Sequence[str],
+    credential: Credential | None,
+    client_id: str = "imagegate",
 ) -> httpx.Request:
     """The token request for a Bearer challenge.
 
@@ -419,19 +422,20 @@ def token_request(
             "grant_type": "refresh_token",
             "refresh_token": credential.identity_token,
             "client_id": client_id,
-            "scope": scope,
+            "scope": " ".join(scopes),
         }
         if challenge.service:
             form["service"] = challenge.service
         return httpx.Request("POST", challenge.realm, data=form)
-    params = {"scope": scope}
+    params: list[tuple[str, str | int | float | bool | None]] = []
     if challenge.service:
-        params = {"service": challenge.service, "scope": scope}
+        params.append(("service", challenge.service))
+    params += [("scope", scope) for scope in scopes]
     headers = {}
     if credential is not None and credential.has_basic:
         headers["Authorization"] = credential.basic_header()
         if credential.username:
-            params["account"] = credential.username
+            params.append(("account", credential.username))
     return httpx.Request("GET", challenge.realm, params=params, headers=headers)
 
 

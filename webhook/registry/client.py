@@ -5,64 +5,42 @@ What it guarantees, because the webhook sits in every Pod creation:
 * every byte is verified against its digest (a lying registry is an error, not an answer);
 * digests are cached forever (bounded by size), tag→digest briefly, failures very briefly;
 * concurrent requests for the same thing share one HTTP exchange (single flight);
-* token auth, Basic auth, retries with backoff and `Retry-After`, hard size and time limits;
+* auth, retries, size and time limits and error mapping are the transport's
+  (`webhook.registry.transport`), shared with the rebuild engine's `BlobStore`;
 * errors name the registry, the reference and what to do.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import hashlib
-import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 from cachetools import LRUCache
 
-from webhook import __version__
 from webhook.errors import (
     DigestMismatch,
-    ImageNotFound,
     InvalidImageData,
     PlatformNotFound,
-    RegistryError,
-    RegistryForbidden,
-    RegistryRateLimited,
-    RegistryUnauthorized,
-    RegistryUnavailable,
     UnsupportedMediaType,
 )
 from webhook.registry import mediatypes as mt
-from webhook.registry.auth import (
-    Challenge,
-    Credential,
-    Keyring,
-    TokenCache,
-    parse_challenges,
-    parse_token_response,
-    pull_scope,
-    token_request,
-)
+from webhook.registry.auth import Keyring
 from webhook.registry.cache import DigestCache, NegativeCache, SingleFlight, TagCache
 from webhook.registry.facts import ImageFacts, Platform
-from webhook.registry.reference import Reference, normalize_host
+from webhook.registry.reference import Reference
+from webhook.registry.transport import RegistryStats, RegistryTransport
 from webhook.settings import RegistrySettings
+
+__all__ = ["Manifest", "RegistryClient", "RegistryStats", "ResolvedImage"]
 
 T = TypeVar("T")
 
-USER_AGENT = f"imagegate/{__version__}"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_ERROR_BODY_LIMIT = 64 * 1024
-_TOKEN_BODY_LIMIT = 1024 * 1024
-_BASIC_TTL = 300.0
 _MAX_INDEX_DEPTH = 2
 
 FlightKey = tuple[str, str, str, str, str]
@@ -104,32 +82,6 @@ class ResolvedImage:
         return self.manifest.digest
 
 
-@dataclass
-class RegistryStats:
-    """Counters for metrics: HTTP fetches actually made versus answers served from cache."""
-
-    manifest_fetches: int = 0
-    config_fetches: int = 0
-    cache_hits: int = 0
-    token_fetches: int = 0
-    retries: int = 0
-    negative_hits: int = 0
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: int, exact: bool) -> None:
-        super().__init__(size)
-        self.size = size
-        self.exact = exact
-
-
 class RegistryClient:
     """One shared HTTP client plus caches; use as `async with RegistryClient(settings) as c`.
 
@@ -142,21 +94,14 @@ class RegistryClient:
         self,
         settings: RegistrySettings,
         keyring: Keyring | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
         *,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.keyring = (
-            keyring if keyring is not None else Keyring.from_docker_config(settings.docker_config)
-        )
-        self.stats = RegistryStats()
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(settings.timeout_seconds),
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-        )
+        self.transport = RegistryTransport(settings, keyring, http_transport, timer=timer)
+        self.keyring = self.transport.keyring
+        self.stats = self.transport.stats
         self._digests = DigestCache(settings.cache_bytes)
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=65536)
         self._facts: LRUCache[tuple[str, str], ImageFacts] = LRUCache(maxsize=16384)
@@ -165,7 +110,6 @@ class RegistryClient:
             settings.negative_ttl_seconds, timer=timer
         )
         self._flights: SingleFlight[FlightKey] = SingleFlight()
-        self._tokens = TokenCache(timer=timer)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -179,7 +123,7 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.transport.aclose()
 
     # ---- public API ------------------------------------------------------------------------
 
@@ -343,31 +287,6 @@ class RegistryClient:
             config_digest=config_digest,
         )
 
-    def uses_plain_http(self, host: str) -> bool:
-        """Loopback registries and configured insecure ones speak HTTP, as in Docker/containerd."""
-        host = normalize_host(host)
-        bare = _strip_port(host)
-        if bare == "localhost":
-            return True
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-        try:
-            ip = ipaddress.ip_address(bare)
-        except ValueError:
-            ip = None
-        if ip is not None and ip.is_loopback:
-            return True
-        for entry in self.settings.insecure_registries:
-            wanted = normalize_host(entry)
-            if wanted in (host, bare):
-                return True
-            if ip is not None and "/" in entry and "://" not in entry:  # a CIDR, as in Docker
-                try:
-                    if ip in ipaddress.ip_network(entry.strip(), strict=False):
-                        return True
-                except ValueError:
-                    continue
-        return False
-
     # ---- fetching --------------------------------------------------------------------------
 
     async def _flight(self, key: FlightKey, factory: Callable[[], Awaitable[T]]) -> T:
@@ -395,14 +314,17 @@ class RegistryClient:
 
     async def _fetch_manifest(self, ref: Reference, keyring: Keyring) -> Manifest:
         self.stats.manifest_fetches += 1
-        reply = await self._get(
+        what = f"manifest {ref}"
+        reply = await self.transport.request(
+            "GET",
             ref,
             f"manifests/{ref.lookup}",
-            accept=mt.ACCEPT,
-            limit=self.settings.max_manifest_bytes,
-            what=f"manifest {ref}",
+            what=what,
             keyring=keyring,
+            headers={"Accept": mt.ACCEPT},
+            limit=self.settings.max_manifest_bytes,
         )
+        self.transport.check(reply, ref, what)
         body = reply.body
         digest = _verify(body, ref, ref.digest)
         header = reply.headers.get("docker-content-digest")
@@ -421,249 +343,25 @@ class RegistryClient:
 
     async def _fetch_config(self, ref: Reference, digest: str, keyring: Keyring) -> dict[str, Any]:
         self.stats.config_fetches += 1
-        reply = await self._get(
+        what = f"image config {digest} of {ref}"
+        reply = await self.transport.request(
+            "GET",
             ref,
             f"blobs/{digest}",
-            accept=f"{mt.OCI_CONFIG}, {mt.DOCKER_CONFIG}, application/json, */*",
-            limit=self.settings.max_config_bytes,
-            what=f"image config {digest} of {ref}",
+            what=what,
             keyring=keyring,
+            headers={"Accept": f"{mt.OCI_CONFIG}, {mt.DOCKER_CONFIG}, application/json, */*"},
+            limit=self.settings.max_config_bytes,
             follow_redirects=True,
-            blob=digest,
         )
+        self.transport.check(reply, ref, what, blob=digest)
         _verify(reply.body, ref, digest)
         config = _parse_config(reply.body, ref, digest)
         self._digests.put(digest, reply.body)
         return config
 
-    async def _get(
-        self,
-        ref: Reference,
-        path: str,
-        *,
-        accept: str,
-        limit: int,
-        what: str,
-        keyring: Keyring,
-        follow_redirects: bool = False,
-        blob: str | None = None,
-    ) -> _Reply:
-        """GET with auth: cached token first, then answer one 401 challenge and retry once."""
-        host = self.settings.mirrors.get(ref.registry, ref.api_host)
-        plain = self.uses_plain_http(ref.registry) or self.uses_plain_http(host)
-        url = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}/{path}"
-        scope = pull_scope(ref.repository)
-        token_key = (host, scope, keyring.fingerprint(ref.registry))
-        authorization = self._tokens.get(token_key)
-
-        def build() -> httpx.Request:
-            headers = {"Accept": accept}
-            if authorization:
-                headers["Authorization"] = authorization
-            return httpx.Request("GET", url, headers=headers)
-
-        reply = await self._send(build, ref, host, limit, what, follow_redirects)
-        if reply.status == 401:
-            self._tokens.discard(token_key)
-            authorization, credential, ttl = await self._authorize(reply, ref, keyring, scope)
-            reply = await self._send(build, ref, host, limit, what, follow_redirects)
-            if reply.status == 401:
-                raise self._unauthorized(ref, reply, credential, keyring)
-            self._tokens.put(token_key, authorization, ttl)
-        self._check_status(reply, ref, what, blob)
-        return reply
-
-    async def _authorize(
-        self, reply: _Reply, ref: Reference, keyring: Keyring, scope: str
-    ) -> tuple[str, Credential | None, float]:
-        """The Authorization header answering a 401, the credential used, and its lifetime."""
-        challenges = parse_challenges(reply.headers.get_list("www-authenticate"))
-        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
-        basic = next((c for c in challenges if c.scheme == "basic"), None)
-        credential = await keyring.get(ref.registry)
-        if bearer is not None:
-            if credential is not None and credential.registry_token:
-                return f"Bearer {credential.registry_token}", credential, _BASIC_TTL
-            header, ttl = await self._fetch_token(bearer, scope, credential, ref, keyring)
-            return header, credential, ttl
-        if basic is not None:
-            if credential is None or not credential.has_basic:
-                raise self._unauthorized(ref, reply, None, keyring)
-            return credential.basic_header(), credential, _BASIC_TTL
-        raise RegistryUnauthorized(
-            f"registry {ref.registry} answered 401 for {ref} without a Bearer or Basic "
-            "WWW-Authenticate challenge",
-            reference=str(ref),
-        )
-
-    async def _fetch_token(
-        self,
-        challenge: Challenge,
-        scope: str,
-        credential: Credential | None,
-        ref: Reference,
-        keyring: Keyring,
-    ) -> tuple[str, float]:
-        self.stats.token_fetches += 1
-        try:
-            realm_host = httpx.URL(challenge.realm).host or challenge.realm
-        except httpx.InvalidURL:
-            realm_host = challenge.realm
-        reply = await self._send(
-            lambda: token_request(challenge, scope, credential),
-            ref,
-            realm_host,
-            _TOKEN_BODY_LIMIT,
-            f"a token for {scope}",
-            True,
-        )
-        if reply.status in (401, 403):
-            raise self._unauthorized(
-                ref, reply, credential, keyring, via=f"token server {realm_host}"
-            )
-        if not 200 <= reply.status < 300:
-            raise RegistryError(
-                f"token server {realm_host} for registry {ref.registry} answered "
-                f"{_status(reply.status)}: {_error_detail(reply.body)}",
-                reference=str(ref),
-            )
-        try:
-            token = parse_token_response(reply.body)
-        except ValueError as exc:
-            raise RegistryUnauthorized(
-                f"token server {realm_host} for registry {ref.registry}: {exc}", reference=str(ref)
-            ) from exc
-        return f"Bearer {token.value}", token.expires_in
-
-    def _unauthorized(
-        self,
-        ref: Reference,
-        reply: _Reply,
-        credential: Credential | None,
-        keyring: Keyring,
-        via: str = "",
-    ) -> RegistryUnauthorized:
-        detail = _error_detail(reply.body)
-        if via:
-            detail = f"{via} answered {_status(reply.status)}: {detail}"
-        if credential is not None:
-            return RegistryUnauthorized(
-                f"registry {ref.registry} refused credentials for repo {ref.repository}: {detail}",
-                reference=str(ref),
-            )
-        return RegistryUnauthorized(
-            f"registry {ref.registry} needs credentials for repo {ref.repository} ({detail}); "
-            f"none found for host {ref.registry} in {keyring.describe()}",
-            reference=str(ref),
-        )
-
-    def _check_status(self, reply: _Reply, ref: Reference, what: str, blob: str | None) -> None:
-        status = reply.status
-        if 200 <= status < 300:
-            return
-        detail = _error_detail(reply.body)
-        if status == 403:
-            raise RegistryForbidden(
-                f"registry {ref.registry} denied access to repo {ref.repository} ({detail}): "
-                "the credentials are valid but may not pull it",
-                reference=str(ref),
-            )
-        if status == 404:
-            if blob is not None:
-                msg = f"blob unknown: {ref.name}@{blob}"
-            else:
-                msg = f"manifest unknown: {ref}"
-            codes = _error_codes(reply.body)
-            if "NAME_UNKNOWN" in codes:
-                msg += f" (repository {ref.name} does not exist)"
-            raise ImageNotFound(msg, reference=str(ref))
-        raise RegistryError(
-            f"registry {ref.registry} answered {_status(status)} for {what}: {detail}",
-            reference=str(ref),
-        )
-
-    async def _send(
-        self,
-        build: Callable[[], httpx.Request],
-        ref: Reference,
-        host: str,
-        limit: int,
-        what: str,
-        follow_redirects: bool,
-    ) -> _Reply:
-        """One logical request: retries 429/5xx and transport failures with backoff."""
-        s = self.settings
-        failure: tuple[type[RegistryError], str] = (RegistryUnavailable, f"no attempt at {what}")
-        for attempt in range(s.retries + 1):
-            delay = s.backoff_seconds * (2**attempt)
-            try:
-                reply = await self._attempt(build(), limit, follow_redirects)
-            except _TooLarge as exc:
-                size = f"{exc.size}" if exc.exact else f"more than {limit}"
-                raise InvalidImageData(
-                    f"{what} is {size} bytes, over the limit {limit}", reference=str(ref)
-                ) from None
-            except (TimeoutError, httpx.TimeoutException):
-                failure = (
-                    RegistryUnavailable,
-                    f"timed out after {s.timeout_seconds:g}s talking to {host} (fetching {what})",
-                )
-            except httpx.TransportError as exc:
-                failure = (
-                    RegistryUnavailable,
-                    f"cannot reach registry {host} (fetching {what}): {_describe(exc)}",
-                )
-            else:
-                if reply.status not in RETRY_STATUSES:
-                    return reply
-                failure = (
-                    RegistryRateLimited,
-                    f"registry {host} answered {_status(reply.status)} for {what}",
-                )
-                retry_after = _retry_after(reply.headers.get("retry-after"))
-                if retry_after is not None:
-                    delay = min(retry_after, s.max_retry_after_seconds)
-            if attempt < s.retries:
-                self.stats.retries += 1
-                await asyncio.sleep(delay)
-        kind, message = failure
-        if s.retries:
-            message += f" (gave up after {s.retries} retries)"
-        raise kind(message, reference=str(ref))
-
-    async def _attempt(self, request: httpx.Request, limit: int, follow_redirects: bool) -> _Reply:
-        """Send and read the body under one deadline, refusing bodies over `limit`."""
-        async with asyncio.timeout(self.settings.timeout_seconds):
-            response = await self._http.send(
-                request, stream=True, follow_redirects=follow_redirects
-            )
-            try:
-                ok = 200 <= response.status_code < 300
-                cap = limit if ok else _ERROR_BODY_LIMIT
-                length = response.headers.get("content-length", "")
-                if ok and length.isdigit() and int(length) > limit:
-                    raise _TooLarge(int(length), exact=True)
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > cap:
-                        if ok:
-                            raise _TooLarge(total, exact=False)
-                        break
-                    chunks.append(chunk)
-                return _Reply(response.status_code, response.headers, b"".join(chunks))
-            finally:
-                await response.aclose()
-
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def _strip_port(host: str) -> str:
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _verify(body: bytes, ref: Reference, expected: str | None) -> str:
@@ -802,65 +500,3 @@ def _str_map(value: object, where: str, name: str) -> dict[str, str]:
     ):
         raise _bad_field(where, name, "an object of strings", value)
     return dict(value)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-def _error_codes(body: bytes) -> set[str]:
-    try:
-        data = json.loads(body)
-        return {str(e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)}
-    except (ValueError, AttributeError, TypeError):
-        return set()
-
-
-def _error_detail(body: bytes) -> str:
-    """The registry's own words: `CODE: message` from the OCI error body, else the text."""
-    try:
-        data = json.loads(body)
-        errors = data.get("errors") if isinstance(data, dict) else None
-        if isinstance(errors, list) and errors:
-            parts = []
-            for err in errors:
-                if isinstance(err, dict):
-                    code, message = err.get("code", ""), err.get("message", "")
-                    parts.append(": ".join(str(p) for p in (code, message) if p))
-            if parts:
-                return "; ".join(parts)
-        if isinstance(data, dict) and isinstance(data.get("details"), str):
-            return str(data["details"])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    text = body.decode("utf-8", "replace").strip()
-    return text[:200] if text else "no details"
-
-
-def _status(code: int) -> str:
-    try:
-        return f"{code} {HTTPStatus(code).phrase}"
-    except ValueError:
-        return str(code)
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text} ({cause})"
-    return text

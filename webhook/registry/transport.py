@@ -1,0 +1,569 @@
+"""The one path to a registry's HTTP API: URLs, auth, retries, size and time limits, errors.
+
+`RegistryClient` (cached, verified reads) and `BlobStore` (streamed layers and pushes) both
+send through a `RegistryTransport`, so a fix to auth, retries or error mapping lands once:
+
+* `url` picks the mirror and the scheme (plain HTTP only for loopback and insecure registries);
+* `request` answers one 401 challenge (distribution's Bearer token flow, or Basic) and keeps
+  the answer in one token cache keyed by (host, scope, credentials) until it expires;
+* `_retrying` is the one retry loop: transport failures, 429 and 5xx, honouring `Retry-After`
+  (capped); what cannot change by asking again (a bad URL, a redirect loop, an undecodable or
+  oversized body) is not retried;
+* `status_error` is the one status → exception mapping.
+
+Every exception that leaves this module is an `ImagegateError` subclass: a hostile or broken
+registry is the image's `onError` decision, never a 500 from the webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from urllib.parse import urljoin
+
+import httpx
+
+from webhook import __version__
+from webhook.errors import (
+    ImagegateError,
+    ImageNotFound,
+    InvalidImageData,
+    RegistryError,
+    RegistryForbidden,
+    RegistryRateLimited,
+    RegistryUnauthorized,
+    RegistryUnavailable,
+)
+from webhook.registry.auth import (
+    Challenge,
+    Credential,
+    Keyring,
+    TokenCache,
+    parse_challenges,
+    parse_token_response,
+    pull_scope,
+    token_request,
+)
+from webhook.registry.reference import Reference, normalize_host
+from webhook.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"imagegate/{__version__}"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+# Layers move for minutes: a transfer has per-read timeouts of at least this, no total deadline.
+TRANSFER_TIMEOUT_SECONDS = 30.0
+_ERROR_BODY_LIMIT = 64 * 1024
+_TOKEN_BODY_LIMIT = 1024 * 1024
+_BASIC_TTL = 300.0
+
+Sink = Callable[[AsyncIterator[bytes]], Awaitable[None]]
+"""Consumes a 2xx body as it streams (a layer into a file); it is called afresh per attempt."""
+
+Body = bytes | Callable[[], AsyncIterator[bytes]] | None
+"""A request body: bytes, or a factory of a fresh stream per attempt."""
+
+
+@dataclass
+class RegistryStats:
+    """Counters for metrics: HTTP fetches actually made versus answers served from cache."""
+
+    manifest_fetches: int = 0
+    config_fetches: int = 0
+    cache_hits: int = 0
+    token_fetches: int = 0
+    retries: int = 0
+    negative_hits: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response read under the limits: `body` is empty when a sink consumed it."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int, exact: bool, limit: int) -> None:
+        super().__init__(size)
+        self.size = size
+        self.exact = exact
+        self.limit = limit
+
+
+class RegistryTransport:
+    """One HTTP client, one token cache and one retry policy for every registry exchange.
+
+    `keyring` is the process's credentials; a keyring passed to `request` replaces it for that
+    call (callers put pod pull secrets in front: `pod_keyring.merged(transport.keyring)`).
+    `http_transport` lets tests inject faults a real registry cannot produce on demand.
+    """
+
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        keyring: Keyring | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.keyring = (
+            keyring if keyring is not None else Keyring.from_docker_config(settings.docker_config)
+        )
+        self.stats = RegistryStats()
+        self._http = httpx.AsyncClient(
+            transport=http_transport,
+            timeout=httpx.Timeout(settings.timeout_seconds),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self._tokens = TokenCache(timer=timer)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- addressing ----------------------------------------------------------------------------
+
+    def api_host(self, ref: Reference) -> str:
+        """The host:port actually dialled for `ref`: its mirror when one is configured."""
+        return self.settings.mirrors.get(ref.registry, ref.api_host)
+
+    def url(self, ref: Reference, path: str) -> str:
+        """`/v2/<repo>/<path>` on `ref`'s registry; an absolute URL (a Location) is kept."""
+        host = self.api_host(ref)
+        plain = self.uses_plain_http(ref.registry) or self.uses_plain_http(host)
+        base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}/"
+        return urljoin(base, path)
+
+    def uses_plain_http(self, host: str) -> bool:
+        """Loopback registries and configured insecure ones speak HTTP, as in Docker/containerd."""
+        host = normalize_host(host)
+        bare = _strip_port(host)
+        if bare == "localhost":
+            return True
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+        try:
+            ip = ipaddress.ip_address(bare)
+        except ValueError:
+            ip = None
+        if ip is not None and ip.is_loopback:
+            return True
+        for entry in self.settings.insecure_registries:
+            wanted = normalize_host(entry)
+            if wanted in (host, bare):
+                return True
+            if ip is not None and "/" in entry and "://" not in entry:  # a CIDR, as in Docker
+                try:
+                    if ip in ipaddress.ip_network(entry.strip(), strict=False):
+                        return True
+                except ValueError:
+                    continue
+        return False
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        *,
+        what: str,
+        keyring: Keyring | None = None,
+        scopes: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        content: Body = None,
+        limit: int | None = None,
+        sink: Sink | None = None,
+        follow_redirects: bool = False,
+        retry: bool | None = None,
+    ) -> Reply:
+        """One logical request with auth and retries; the caller judges the status.
+
+        `scopes` default to pulling `ref`'s repository. A body over `limit` (default: the
+        manifest limit) is an error; with `sink`, a 2xx body streams into it instead (a
+        transfer: no total deadline). Non-idempotent methods are sent once, as is any request
+        with `retry=False`. Credentials only go to `ref`'s own (or mirror) host, never to a
+        Location elsewhere.
+        """
+        kr = keyring if keyring is not None else self.keyring
+        host = self.api_host(ref)
+        try:
+            url = self.url(ref, path)
+            own_host = httpx.URL(url).netloc.decode("ascii", "replace") == host
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise RegistryError(
+                f"cannot address {what} on {host}: {exc}", reference=str(ref)
+            ) from None
+        scopes = tuple(scopes) or (pull_scope(ref.repository),)
+        token_key = (host, " ".join(scopes), kr.fingerprint(ref.registry))
+        authorization = self._tokens.get(token_key)
+        transfer = sink is not None or callable(content)
+        cap = limit if limit is not None else self.settings.max_manifest_bytes
+
+        def build() -> httpx.Request:
+            hdrs = dict(headers or {})
+            if authorization and own_host:
+                hdrs["Authorization"] = authorization
+            body = content() if callable(content) else content
+            timeout = (
+                httpx.Timeout(max(self.settings.timeout_seconds, TRANSFER_TIMEOUT_SECONDS))
+                if transfer
+                else httpx.USE_CLIENT_DEFAULT
+            )
+            return self._http.build_request(
+                method, url, headers=hdrs, content=body, timeout=timeout
+            )
+
+        async def send() -> Reply:
+            return await self._retrying(
+                lambda: self._attempt(build(), cap, follow_redirects, sink, transfer),
+                ref,
+                host,
+                what,
+                retry=method in IDEMPOTENT_METHODS if retry is None else retry,
+            )
+
+        reply = await send()
+        if reply.status != 401:
+            return reply
+        self._tokens.discard(token_key)
+        authorization, credential, ttl = await self._authorize(reply, ref, kr, scopes)
+        reply = await send()
+        if reply.status == 401:
+            raise _unauthorized(ref, reply, credential, kr)
+        self._tokens.put(token_key, authorization, ttl)
+        return reply
+
+    def check(self, reply: Reply, ref: Reference, what: str, blob: str | None = None) -> Reply:
+        """`reply` when it is a 2xx, else the error its status means."""
+        if reply.ok:
+            return reply
+        raise status_error(reply, ref, what, blob)
+
+    # ---- auth ----------------------------------------------------------------------------------
+
+    async def _authorize(
+        self, reply: Reply, ref: Reference, keyring: Keyring, scopes: Sequence[str]
+    ) -> tuple[str, Credential | None, float]:
+        """The Authorization header answering a 401, the credential used, and its lifetime."""
+        challenges = parse_challenges(reply.headers.get_list("www-authenticate"))
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        basic = next((c for c in challenges if c.scheme == "basic"), None)
+        credential = await keyring.get(ref.registry)
+        if bearer is not None:
+            if credential is not None and credential.registry_token:
+                return f"Bearer {credential.registry_token}", credential, _BASIC_TTL
+            header, ttl = await self._fetch_token(bearer, scopes, credential, ref, keyring)
+            return header, credential, ttl
+        if basic is not None:
+            if credential is None or not credential.has_basic:
+                raise _unauthorized(ref, reply, None, keyring)
+            return credential.basic_header(), credential, _BASIC_TTL
+        raise RegistryUnauthorized(
+            f"registry {ref.registry} answered 401 for {ref} without a Bearer or Basic "
+            "WWW-Authenticate challenge",
+            reference=str(ref),
+        )
+
+    async def _fetch_token(
+        self,
+        challenge: Challenge,
+        scopes: Sequence[str],
+        credential: Credential | None,
+        ref: Reference,
+        keyring: Keyring,
+    ) -> tuple[str, float]:
+        self.stats.token_fetches += 1
+        what = f"a token for {' '.join(scopes)}"
+        if not challenge.realm:
+            raise RegistryUnauthorized(
+                f"registry {ref.registry} sent a Bearer challenge without a realm",
+                reference=str(ref),
+            )
+        try:
+            realm_host = httpx.URL(challenge.realm).host or challenge.realm
+        except httpx.InvalidURL:
+            realm_host = challenge.realm
+        reply = await self._retrying(
+            lambda: self._attempt(
+                token_request(challenge, scopes, credential), _TOKEN_BODY_LIMIT, True, None, False
+            ),
+            ref,
+            realm_host,
+            what,
+            retry=True,
+        )
+        if reply.status in (401, 403):
+            raise _unauthorized(ref, reply, credential, keyring, via=f"token server {realm_host}")
+        if not reply.ok:
+            raise RegistryError(
+                f"token server {realm_host} for registry {ref.registry} answered "
+                f"{_status(reply.status)}: {_error_detail(reply.body)}",
+                reference=str(ref),
+            )
+        try:
+            token = parse_token_response(reply.body)
+        except ValueError as exc:
+            raise RegistryUnauthorized(
+                f"token server {realm_host} for registry {ref.registry}: {exc}", reference=str(ref)
+            ) from exc
+        return f"Bearer {token.value}", token.expires_in
+
+    # ---- the one retry loop --------------------------------------------------------------------
+
+    async def _retrying(
+        self,
+        attempt: Callable[[], Awaitable[Reply]],
+        ref: Reference,
+        host: str,
+        what: str,
+        *,
+        retry: bool,
+    ) -> Reply:
+        """Run `attempt`, retrying 429/5xx and transport failures with backoff when `retry`."""
+        s = self.settings
+        tries = s.retries + 1 if retry else 1
+        failure: tuple[type[RegistryError], str] = (RegistryUnavailable, f"no attempt at {what}")
+        for n in range(tries):
+            delay = s.backoff_seconds * (2**n)
+            try:
+                reply = await attempt()
+            except _TooLarge as exc:
+                size = f"{exc.size}" if exc.exact else f"more than {exc.limit}"
+                raise InvalidImageData(
+                    f"{what} is {size} bytes, over the limit {exc.limit}", reference=str(ref)
+                ) from None
+            except (TimeoutError, httpx.TimeoutException):
+                failure = (
+                    RegistryUnavailable,
+                    f"timed out after {s.timeout_seconds:g}s talking to {host} (fetching {what})",
+                )
+            except httpx.UnsupportedProtocol as exc:
+                raise RegistryError(
+                    f"cannot talk to {host} (fetching {what}): {exc}", reference=str(ref)
+                ) from None
+            except httpx.TransportError as exc:
+                failure = (
+                    RegistryUnavailable,
+                    f"cannot reach registry {host} (fetching {what}): {_describe(exc)}",
+                )
+            except httpx.TooManyRedirects:
+                raise RegistryError(
+                    f"registry {host} redirected too many times (fetching {what})",
+                    reference=str(ref),
+                ) from None
+            except httpx.DecodingError as exc:
+                raise InvalidImageData(
+                    f"registry {host} sent a body that cannot be decoded (fetching {what}): {exc}",
+                    reference=str(ref),
+                ) from None
+            except ImagegateError:
+                raise  # a sink's verdict (a digest mismatch), already explained
+            except Exception as exc:  # httpx.InvalidURL, StreamError, or a bug below us
+                log.warning("unexpected failure talking to %s", host, exc_info=True)
+                raise RegistryError(
+                    f"bad exchange with {host} (fetching {what}): {type(exc).__name__}: {exc}",
+                    reference=str(ref),
+                ) from None
+            else:
+                if reply.status not in RETRY_STATUSES:
+                    return reply
+                failure = (
+                    RegistryRateLimited if reply.status == 429 else RegistryUnavailable,
+                    f"registry {host} answered {_status(reply.status)} for {what}",
+                )
+                retry_after = _retry_after(reply.headers.get("retry-after"))
+                if retry_after is not None:
+                    delay = min(retry_after, s.max_retry_after_seconds)
+            if n + 1 < tries:
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
+        kind, message = failure
+        if tries > 1:
+            message += f" (gave up after {tries - 1} retries)"
+        raise kind(message, reference=str(ref))
+
+    async def _attempt(
+        self,
+        request: httpx.Request,
+        limit: int,
+        follow_redirects: bool,
+        sink: Sink | None,
+        transfer: bool,
+    ) -> Reply:
+        """Send and read the body (under one deadline unless a transfer), refusing over `limit`."""
+        deadline = None if transfer else self.settings.timeout_seconds
+        async with asyncio.timeout(deadline):
+            response = await self._http.send(
+                request, stream=True, follow_redirects=follow_redirects
+            )
+            try:
+                ok = 200 <= response.status_code < 300
+                if ok and sink is not None:
+                    await sink(response.aiter_bytes())
+                    return Reply(response.status_code, response.headers, b"")
+                cap = limit if ok else _ERROR_BODY_LIMIT
+                length = response.headers.get("content-length", "")
+                if ok and length.isdigit() and int(length) > cap:
+                    raise _TooLarge(int(length), exact=True, limit=cap)
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                    if total > cap:
+                        if ok:
+                            raise _TooLarge(total, exact=False, limit=cap)
+                        break
+                    chunks.append(chunk)
+                return Reply(response.status_code, response.headers, b"".join(chunks))
+            finally:
+                await response.aclose()
+
+
+# ---- the one status → exception mapping ----------------------------------------------------
+
+
+def status_error(reply: Reply, ref: Reference, what: str, blob: str | None = None) -> RegistryError:
+    """The `ImagegateError` a non-2xx answer means, in the registry's own words."""
+    status = reply.status
+    detail = _error_detail(reply.body)
+    if status == 401:
+        return RegistryUnauthorized(
+            f"registry {ref.registry} refused {what} in repo {ref.repository}: {detail}",
+            reference=str(ref),
+        )
+    if status == 403:
+        return RegistryForbidden(
+            f"registry {ref.registry} denied access to repo {ref.repository} for {what} "
+            f"({detail}): the credentials are valid but lack permission",
+            reference=str(ref),
+        )
+    if status == 404:
+        if blob is not None:
+            msg = f"blob unknown: {ref.name}@{blob}"
+        elif what.startswith("manifest"):
+            msg = f"manifest unknown: {ref}"
+        else:
+            msg = f"{what}: not found in {ref.name}"
+        if "NAME_UNKNOWN" in _error_codes(reply.body):
+            msg += f" (repository {ref.name} does not exist)"
+        return ImageNotFound(msg, reference=str(ref))
+    if status == 429:
+        return RegistryRateLimited(
+            f"registry {ref.registry} answered {_status(status)} for {what}: {detail}",
+            reference=str(ref),
+        )
+    return RegistryError(
+        f"registry {ref.registry} answered {_status(status)} for {what}: {detail}",
+        reference=str(ref),
+    )
+
+
+def _unauthorized(
+    ref: Reference,
+    reply: Reply,
+    credential: Credential | None,
+    keyring: Keyring,
+    via: str = "",
+) -> RegistryUnauthorized:
+    detail = _error_detail(reply.body)
+    if via:
+        detail = f"{via} answered {_status(reply.status)}: {detail}"
+    if credential is not None:
+        return RegistryUnauthorized(
+            f"registry {ref.registry} refused credentials for repo {ref.repository}: {detail}",
+            reference=str(ref),
+        )
+    return RegistryUnauthorized(
+        f"registry {ref.registry} needs credentials for repo {ref.repository} ({detail}); "
+        f"none found for host {ref.registry} in {keyring.describe()}",
+        reference=str(ref),
+    )
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _error_codes(body: bytes) -> set[str]:
+    try:
+        data = json.loads(body)
+        return {str(e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)}
+    except (ValueError, AttributeError, TypeError):
+        return set()
+
+
+def _error_detail(body: bytes) -> str:
+    """The registry's own words: `CODE: message` from the OCI error body, else the text."""
+    try:
+        data = json.loads(body)
+        errors = data.get("errors") if isinstance(data, dict) else None
+        if isinstance(errors, list) and errors:
+            parts = []
+            for err in errors:
+                if isinstance(err, dict):
+                    code, message = err.get("code", ""), err.get("message", "")
+                    parts.append(": ".join(str(p) for p in (code, message) if p))
+            if parts:
+                return "; ".join(parts)[:500]
+        if isinstance(data, dict) and isinstance(data.get("details"), str):
+            return str(data["details"])[:500]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    return text[:200] if text else "no details"
+
+
+def _status(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({cause})"
+    return text
