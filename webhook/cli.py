@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -19,14 +21,13 @@ from rich.text import Text
 from webhook import __version__
 from webhook.admission.tls import CertFiles
 from webhook.admission.tls import self_signed as generate_self_signed
+from webhook.context import ProcessContext
 from webhook.crds import crds_yaml, write_crds
 from webhook.errors import ImagegateError, Unfixable, UsageError
-from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.checker import CheckResult
 from webhook.policy.loader import load_policies
 from webhook.policy.model import ImagePolicy
 from webhook.rebuild.engine import RebuildResult
-from webhook.registry.auth import Keyring
-from webhook.registry.client import RegistryClient
 from webhook.registry.facts import Platform
 from webhook.report.check_output import render_table, to_json
 from webhook.settings import Settings
@@ -40,6 +41,35 @@ app = typer.Typer(
 )
 stdout = Console()
 stderr = Console(stderr=True)
+
+
+InsecureRegistries = Annotated[
+    list[str] | None,
+    typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
+]
+
+
+def _settings(insecure_registries: list[str] | None = None) -> Settings:
+    """Settings from the environment, plus registries named with --insecure-registry."""
+    settings = Settings()
+    settings.registry.insecure_registries.extend(insecure_registries or ())
+    return settings
+
+
+@contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """Print an ImagegateError as a one-line `error:` and exit with the documented code.
+
+    2 for usage, registry and rebuild errors; 1 for an image a rebuild cannot fix.
+    """
+    try:
+        yield
+    except Unfixable as err:
+        stderr.print(Text.assemble(("cannot fix: ", "bold red"), str(err)), highlight=False)
+        raise typer.Exit(1) from None
+    except ImagegateError as err:
+        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
+        raise typer.Exit(2) from None
 
 
 class CheckOutput(StrEnum):
@@ -66,28 +96,20 @@ def check(
     max_size: Annotated[
         str | None, typer.Option(help="Size budget, for example 200MB or 1.5GiB.")
     ] = None,
-    insecure_registry: Annotated[
-        list[str] | None,
-        typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
-    ] = None,
+    insecure_registry: InsecureRegistries = None,
 ) -> None:
     """Check images against policies.
 
     Exit 0: all pass; 1: a violation; 2: usage or inspection error.
     """
-    try:
-        settings = Settings()
-        if insecure_registry:
-            settings.registry.insecure_registries.extend(insecure_registry)
+    with _exit_on_error():
+        settings = _settings(insecure_registry)
         policies = load_policies(policy) if policy else [ImagePolicy()]
         budget = _parse_size(max_size) if max_size else None
         policies = [p.with_overrides(allow_base, budget) for p in policies]
         wanted = platform or settings.platform
         chosen = Platform.parse(wanted) if wanted else None
         results = asyncio.run(_check(settings, refs, policies, chosen))
-    except ImagegateError as err:
-        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
-        raise typer.Exit(2) from None
     if output is CheckOutput.json:
         print(to_json(results))
     else:
@@ -99,10 +121,8 @@ def check(
 async def _check(
     settings: Settings, refs: list[str], policies: list[ImagePolicy], platform: Platform | None
 ) -> list[CheckResult]:
-    keyring = Keyring.from_docker_config(settings.registry.docker_config)
-    async with RegistryClient(settings.registry, keyring) as client:
-        checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
-        return await checker.check_all(refs, policies, platform)
+    async with aclosing(ProcessContext.from_settings(settings)) as context:
+        return await context.checker.check_all(refs, policies, platform)
 
 
 def _parse_size(text: str) -> int:
@@ -139,10 +159,7 @@ def serve(
     replacements: Annotated[
         Path | None, typer.Option(help="YAML file of sourceDigest → replacement pairs.")
     ] = None,
-    insecure_registry: Annotated[
-        list[str] | None,
-        typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
-    ] = None,
+    insecure_registry: InsecureRegistries = None,
     log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
 ) -> None:
     """Run the admission webhook (HTTPS): /validate, /mutate, /healthz, /readyz, /metrics."""
@@ -152,10 +169,8 @@ def serve(
     from webhook.admission.server import run
 
     logs.configure(json_format=log_format == "json")
-    try:
-        settings = Settings()
-        if insecure_registry:
-            settings.registry.insecure_registries.extend(insecure_registry)
+    with _exit_on_error():
+        settings = _settings(insecure_registry)
         hook = settings.webhook
         hook.policy, hook.policies_from_cluster, hook.replacements = (
             policy or hook.policy,
@@ -168,9 +183,6 @@ def serve(
         if certs is None:
             stderr.print("warning: serving plain HTTP; the API server only calls HTTPS webhooks")
         app_ = create_app(settings)
-    except ImagegateError as err:
-        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
-        raise typer.Exit(2) from None
     if self_signed and certs is not None:
         print(f"caBundle: {certs.ca_bundle()}", flush=True)
     run(app_, host, port, certs, hook.cert_reload_seconds, hook.shutdown_delay_seconds)
@@ -221,10 +233,7 @@ def rebuild(
     allow_base: Annotated[
         list[str] | None, typer.Option("--allow-base", help="Approve this base image (repeatable).")
     ] = None,
-    insecure_registry: Annotated[
-        list[str] | None,
-        typer.Option("--insecure-registry", help="Speak plain HTTP to this registry (repeatable)."),
-    ] = None,
+    insecure_registry: InsecureRegistries = None,
     output: Annotated[CheckOutput, typer.Option(help="Output format.")] = CheckOutput.table,
 ) -> None:
     """Rebuild an image into a compliant, immutable replacement; print its reference.
@@ -234,31 +243,22 @@ def rebuild(
     """
     from webhook.rebuild.engine import rebuild as run_rebuild
 
-    try:
-        settings = Settings()
-        if insecure_registry:
-            settings.registry.insecure_registries.extend(insecure_registry)
+    with _exit_on_error():
+        settings = _settings(insecure_registry)
         policies = load_policies(policy) if policy else [ImagePolicy()]
         policies = [p.with_overrides(allow_base, None) for p in policies]
         chosen = Platform.parse(platform) if platform else None
 
         async def go() -> RebuildResult:
-            keyring = Keyring.from_docker_config(settings.registry.docker_config)
-            async with RegistryClient(settings.registry, keyring) as client:
-                checker = Checker(client, settings.check_concurrency, 0)
+            async with aclosing(ProcessContext.from_settings(settings, result_ttl=0)) as context:
                 with tempfile.TemporaryDirectory(prefix="imagegate-rebuild-") as work:
                     return await run_rebuild(
-                        client, checker, ref, to, policies, user=user, squash=squash,
-                        rebase_onto=rebase_onto, platform=chosen, workdir=Path(work),
+                        context.registry, context.checker, ref, to, policies, user=user,
+                        squash=squash, rebase_onto=rebase_onto, platform=chosen,
+                        workdir=Path(work),
                     )  # fmt: skip
 
         result = asyncio.run(go())
-    except Unfixable as err:
-        stderr.print(Text.assemble(("cannot fix: ", "bold red"), str(err)), highlight=False)
-        raise typer.Exit(1) from None
-    except ImagegateError as err:
-        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
-        raise typer.Exit(2) from None
     if output is CheckOutput.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -344,7 +344,7 @@ def report(
     from webhook.report.sources import report_from_cluster, report_from_entries, report_from_file
 
     now = datetime.now(UTC)
-    try:
+    with _exit_on_error():
         if sum((from_file is not None, from_cluster, scan)) > 1:
             raise UsageError("choose one of --from FILE, --from-cluster, --scan")
         if from_file is not None:
@@ -357,9 +357,6 @@ def report(
             render_table(data, stdout)
             return
         text = render(data, output.value) if output is not ReportOutput.table else _table_text(data)
-    except ImagegateError as err:
-        stderr.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False)
-        raise typer.Exit(2) from None
     if out is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
@@ -395,10 +392,8 @@ async def _scan(settings: Settings, kubeconfig: str | None) -> list[Any]:
     try:
         policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
         await policies.refresh()
-        keyring = Keyring.from_docker_config(settings.registry.docker_config)
-        async with RegistryClient(settings.registry, keyring) as client:
-            checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
-            scanner = Scanner(checker, cluster, None, keyring)
+        async with aclosing(ProcessContext.from_settings(settings)) as context:
+            scanner = Scanner(context.checker, cluster, None, context.keyring)
             outcome = await scanner.scan(policies.policies)
             return list(outcome.entries)
     finally:

@@ -1,8 +1,9 @@
 """The webhook's FastAPI app. Routes are thin: read the review, call the service, answer.
 
-`create_app(settings)` builds everything in the lifespan (registry client, cluster reader,
+`create_app(settings)` builds everything in the lifespan (process context, cluster reader,
 policy store, service), so importing this module has no side effects and tests can pass
-their own parts.
+their own parts: a `ProcessContext` (whose registry client may carry an injected HTTP
+transport), a cluster reader, a static policy store.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from pydantic import ValidationError
 from webhook.admission.metrics import Metrics
 from webhook.admission.models import AdmissionRequest, AdmissionReview, review_json
 from webhook.admission.service import AdmissionService
+from webhook.context import ProcessContext
 from webhook.errors import ImagegateError
 from webhook.k8s.cluster import ClusterReader, KubernetesCluster, NoCluster
 from webhook.logs import admission_uid
-from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.policy.store import ClusterPolicies, PolicyStore, StaticPolicies
 from webhook.rebuild.replacements import Replacements, read_replacements
-from webhook.registry.auth import Keyring
-from webhook.registry.client import RegistryClient
 from webhook.report.recorder import ReportRecorder, report_writer
 from webhook.settings import Settings
 
@@ -60,10 +59,14 @@ class Parts:
 def create_app(
     settings: Settings,
     *,
+    context: ProcessContext | None = None,
     cluster: ClusterReader | None = None,
     policies: PolicyStore | None = None,
 ) -> FastAPI:
-    """The webhook app. Without `cluster`, one is connected (or NoCluster when there is none)."""
+    """The webhook app. Without `cluster`, one is connected (or NoCluster when there is none).
+
+    A `context` handed in stays the caller's to close; without one, the app makes its own.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,18 +79,17 @@ def create_app(
             reader if not isinstance(reader, NoCluster) else None,
             hook.policy_refresh_seconds,
         )
-        keyring = Keyring.from_docker_config(settings.registry.docker_config)
         recorder = (
             ReportRecorder(report_writer(reader), hook.report_flush_seconds)
             if isinstance(reader, KubernetesCluster) and hook.record_reports
             else None
         )
-        async with RegistryClient(settings.registry, keyring) as client:
-            checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
+        ctx = context or ProcessContext.from_settings(settings)
+        try:
             service = AdmissionService(
-                checker, store, reader, replacements, hook, keyring, recorder
+                ctx.checker, store, reader, replacements, hook, ctx.keyring, recorder
             )
-            app.state.parts = Parts(service, Metrics(client.stats), store)
+            app.state.parts = Parts(service, Metrics(ctx.registry.stats), store)
             store.start()
             replacements.start()
             if recorder is not None:
@@ -97,13 +99,14 @@ def create_app(
             # for servers, `gc.freeze`).
             gc.collect()
             gc.freeze()
-            try:
-                yield
-            finally:
-                if recorder is not None:
-                    await recorder.stop()
-                await replacements.stop()
-                await store.stop()
+            yield
+        finally:
+            if recorder is not None:
+                await recorder.stop()
+            await replacements.stop()
+            await store.stop()
+            if context is None:
+                await ctx.aclose()
 
     app = FastAPI(title="imagegate webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
     limit = settings.webhook.max_body_bytes

@@ -15,16 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from webhook.context import ProcessContext
 from webhook.errors import ImagegateError
 from webhook.k8s.cluster import GROUP, VERSION, KubernetesCluster
 from webhook.k8s.objects import ImagegateObjects
 from webhook.operator.rebuilds import PLURAL, RebuildService
 from webhook.operator.scan import Scanner
-from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy, Mode
 from webhook.policy.store import ClusterPolicies
-from webhook.registry.auth import Keyring
-from webhook.registry.client import RegistryClient
 from webhook.registry.reference import Reference
 from webhook.report.policyreport import ReportEntry
 from webhook.report.recorder import report_writer
@@ -37,7 +35,7 @@ log = logging.getLogger("imagegate.operator")
 class Runtime:
     settings: Settings
     cluster: KubernetesCluster
-    client: RegistryClient
+    context: ProcessContext
     policies: ClusterPolicies
     objects: ImagegateObjects
     scanner: Scanner
@@ -50,20 +48,20 @@ class Runtime:
     async def start(cls, settings: Settings | None = None) -> Runtime:
         settings = settings or Settings()
         cluster = KubernetesCluster.connect(settings.webhook.kubeconfig)
-        keyring = Keyring.from_docker_config(settings.registry.docker_config)
-        client = RegistryClient(settings.registry, keyring)
-        checker = Checker(client, settings.check_concurrency, settings.registry.tag_ttl_seconds)
+        context = ProcessContext.from_settings(settings)
         policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
         objects = ImagegateObjects(cluster.api_client)
         writer = report_writer(cluster)
         hook = settings.webhook
         scanner = Scanner(
-            checker, cluster, writer, keyring,
+            context.checker, cluster, writer, context.keyring,
             exempt_namespaces=hook.skipped_namespaces, opt_out_label=hook.opt_out_label,
         )  # fmt: skip
-        rebuilds = RebuildService(client, checker, objects, policies, settings.operator.workdir)
+        rebuilds = RebuildService(
+            context.registry, context.checker, objects, policies, settings.operator.workdir
+        )
         runtime = cls(
-            settings, cluster, client, policies, objects, scanner, rebuilds, asyncio.Event()
+            settings, cluster, context, policies, objects, scanner, rebuilds, asyncio.Event()
         )
         with contextlib.suppress(ImagegateError):  # logged; the poller keeps trying
             await policies.refresh()  # rebuilds must see the policies before their first event
@@ -76,7 +74,7 @@ class Runtime:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
         await self.policies.stop()
-        await self.client.aclose()
+        await self.context.aclose()
         self.cluster.close()
 
     def request_scan(self) -> None:
