@@ -108,3 +108,40 @@ class RebuildError(ImagegateError):
 
 class Unfixable(RebuildError):
     """The image cannot be made compliant automatically; the message says why and what to do."""
+
+
+class ClusterError(ImagegateError):
+    """The Kubernetes API did not do what was asked. `status` is the HTTP status, when it answered.
+
+    Raised only by `webhook.k8s` (`webhook.k8s.calls.call` picks the subclass), so nothing above
+    the adapter sees the kubernetes client's exceptions.
+    """
+
+    http_status = 502
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClusterUnavailable(ClusterError):
+    """The API server could not be reached, timed out, throttled (429) or failed (5xx)."""
+
+    http_status = 504
+
+
+class ClusterForbidden(ClusterError):
+    """401 or 403: the credentials are not accepted, or RBAC does not allow the request."""
+
+
+class ClusterNotFound(ClusterError):
+    """404: the object, its namespace or its resource type (a CRD not installed) does not exist."""
+
+
+class ClusterConflict(ClusterError):
+    """409: the object exists already, or changed since it was read (a resourceVersion
+    precondition): one way to signal both, so callers decide what a conflict means to them."""
+
+
+class ClusterInvalid(ClusterError):
+    """400 or 422: the API server rejected the object or the request as invalid."""

@@ -31,8 +31,10 @@ from webhook.report.policyreport import (
     MANAGED_BY_LABEL,
     ReportEntry,
     WorkloadRef,
+    build_cluster_summary,
     build_policy_reports,
     entries_from_policy_reports,
+    merge_report,
     report_name,
 )
 
@@ -226,7 +228,9 @@ async def test_merge_replaces_only_the_named_workloads_and_keeps_the_others(
     )
 
     await writer.merge(
-        build_policy_reports([entry(namespace, "change", "fail"), entry(namespace, "new")], NOW)
+        build_policy_reports([entry(namespace, "change", "fail"), entry(namespace, "new")], NOW),
+        merge_report,
+        build_cluster_summary,
     )
 
     report = stored(cluster, namespace)

@@ -27,8 +27,11 @@ from webhook.report.policyreport import (
     PolicyInfo,
     ReportEntry,
     WorkloadRef,
+    build_cluster_summary,
+    build_namespace_report,
     build_policy_reports,
     entries_from_policy_reports,
+    merge_report,
     results_of,
     timestamp,
 )
@@ -215,6 +218,50 @@ def test_cluster_summary_adds_up_the_namespaces() -> None:
 def test_no_entries_still_give_a_cluster_summary() -> None:
     [cluster] = build_policy_reports([], NOW)
     assert cluster["summary"] == {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0}
+
+
+def test_a_batch_merged_into_nothing_is_the_batch() -> None:
+    batch = build_namespace_report("shop", sample_entries()[2:4], NOW)
+
+    assert merge_report(None, batch) == batch
+
+
+def test_a_merged_batch_replaces_the_results_of_its_workloads_and_keeps_the_others() -> None:
+    entries = sample_entries()
+    stored = build_namespace_report("shop", entries[:4], NOW)  # web passes, cart fails 2
+    stored["metadata"] |= {"resourceVersion": "41", "labels": {"team": "shop"}}
+    fixed_cart = ReportEntry(
+        deploy("shop", "cart"), "cart", entries[0].result, {"default": Mode.enforce}
+    )
+    batch = build_namespace_report("shop", [fixed_cart], NOW)
+
+    merged = merge_report(stored, batch)
+
+    assert merged["summary"] == {"pass": 15, "fail": 0, "warn": 0, "error": 0, "skip": 0}
+    rows = [(r["resources"][0]["name"], r["properties"]["container"]) for r in merged["results"]]
+    assert rows == [("cart", "cart")] * 5 + [("web", "log-shipper")] * 5 + [("web", "web")] * 5
+    web = [r for r in merged["results"] if r["resources"][0]["name"] == "web"]
+    assert web == [r for r in stored["results"] if r["resources"][0]["name"] == "web"]
+    assert merged["metadata"]["resourceVersion"] == "41"
+    assert merged["metadata"]["labels"] == {"team": "shop", MANAGED_BY_LABEL: "imagegate"}
+
+
+def test_the_cluster_summary_of_reports_read_back_adds_up_what_is_there() -> None:
+    read_back = [
+        {"kind": "PolicyReport", "metadata": {"namespace": "a"}, "summary": {"pass": 2}},
+        {"kind": "PolicyReport", "metadata": {"namespace": "a"}, "summary": {"fail": 1}},
+        {"kind": "PolicyReport", "metadata": {"namespace": "b"}, "summary": {"pass": None}},
+        {"kind": "ClusterPolicyReport", "metadata": {}, "summary": {"pass": 99}},
+    ]
+
+    cluster = build_cluster_summary(read_back)
+
+    assert cluster["summary"] == {"pass": 2, "fail": 1, "warn": 0, "error": 0, "skip": 0}
+    per_ns = json.loads(cluster["metadata"]["annotations"]["imagegate.dev/namespaces"])
+    assert per_ns == {
+        "a": {"pass": 2, "fail": 1, "warn": 0, "error": 0, "skip": 0},
+        "b": {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0},
+    }
 
 
 @pytest.mark.parametrize(

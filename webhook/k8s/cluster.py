@@ -8,7 +8,6 @@ every admission asks the same questions.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Callable
@@ -17,7 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 from cachetools import TTLCache
 
-from webhook.errors import ImagegateError
+from webhook.errors import ClusterError
+from webhook.k8s.calls import call
 from webhook.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,6 @@ DOCKERCFG = "kubernetes.io/dockercfg"
 # Lookups made while an admission waits: a slow API server must not eat the webhook's budget
 # (the answer then comes from onError and the cache, not from the API server's timeout).
 LOOKUP_TIMEOUT = 2.0
-
-
-class ClusterError(ImagegateError):
-    """The Kubernetes API could not answer (unreachable, forbidden, not found)."""
-
-    http_status = 502
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,7 @@ class KubernetesCluster:
             ns = self._core.read_namespace(namespace, _request_timeout=LOOKUP_TIMEOUT)
             return dict((ns.metadata.labels if ns.metadata else None) or {})
 
-        return await self._cached(("ns", namespace), read, f"namespace {namespace}")
+        return await self._cached(("ns", namespace), read, f"read namespace {namespace}")
 
     async def service_account_pull_secret_names(
         self, namespace: str, service_account: str
@@ -142,7 +136,7 @@ class KubernetesCluster:
             )
             return [ref.name for ref in (sa.image_pull_secrets or []) if ref.name]
 
-        where = f"serviceaccount {namespace}/{service_account}"
+        where = f"read serviceaccount {namespace}/{service_account}"
         return await self._cached(("sa", namespace, service_account), read, where)
 
     async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]:
@@ -172,7 +166,7 @@ class KubernetesCluster:
 
         try:
             return await self._cached(
-                ("secret", namespace, name), read, f"secret {namespace}/{name}"
+                ("secret", namespace, name), read, f"read secret {namespace}/{name}"
             )
         except ClusterError as err:
             # The kubelet ignores a missing pull secret too; say so in the logs and go on.
@@ -186,7 +180,7 @@ class KubernetesCluster:
             answer: Any = self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
             return list(answer.get("items", []))
 
-        return await self._call(read, f"{plural}.{GROUP}")
+        return await call(read, f"list {plural}.{GROUP}")
 
     async def _cached(self, key: tuple[str, ...], read: Callable[[], T], what: str) -> T:
         if key in self._cache:
@@ -194,22 +188,11 @@ class KubernetesCluster:
             return value
 
         async def fetch() -> T:
-            fresh = await self._call(read, what)
+            fresh = await call(read, what)
             self._cache[key] = fresh
             return fresh
 
         return await self._flights.do(key, fetch)
-
-    async def _call(self, read: Callable[[], T], what: str) -> T:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return await asyncio.to_thread(read)
-        except ApiException as err:
-            raise ClusterError(f"cannot read {what}: {err.status} {err.reason}") from None
-        except (HTTPError, OSError) as err:
-            raise ClusterError(f"cannot reach the Kubernetes API to read {what}: {err}") from None
 
     # ---- inventory for the operator's background scan (appended; see webhook.k8s.workloads)
 
@@ -263,7 +246,7 @@ class KubernetesCluster:
                 if not token:
                     return items
 
-        return await self._call(read, f"{plural} ({api_version}) in all namespaces")
+        return await call(read, f"list {plural} ({api_version}) in all namespaces")
 
     async def namespace_labels_all(
         self, include_terminating: bool = False

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from webhook.k8s.cluster import GROUP, VERSION, ClusterError
-
-
-class Conflict(ClusterError):
-    """The object changed since it was read (HTTP 409 on a resourceVersion precondition)."""
+from webhook.errors import ClusterConflict
+from webhook.k8s.calls import call
+from webhook.k8s.cluster import GROUP, VERSION
 
 
 class ImagegateObjects:
@@ -21,12 +18,12 @@ class ImagegateObjects:
         self._custom = k8s.CustomObjectsApi(api_client)
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = await self._call(
-            lambda: self._custom.get_namespaced_custom_object(
+        def read() -> Any:
+            return self._custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name
-            ),
-            f"{plural} {namespace}/{name}",
-        )
+            )
+
+        obj: dict[str, Any] = await call(read, f"read {plural} {namespace}/{name}")
         return obj
 
     async def patch_status(
@@ -40,46 +37,28 @@ class ImagegateObjects:
         """Merge-patch `status` through the status subresource (the spec is never touched).
 
         With `resource_version` the patch only applies to that version of the object (the API
-        server answers 409 otherwise, raised as Conflict): an atomic claim.
+        server answers 409 otherwise, raised as `ClusterConflict`): an atomic claim.
         """
         body: dict[str, Any] = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        await self._call(
+        await call(
             lambda: self._custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, body
             ),
-            f"{plural} {namespace}/{name} status",
+            f"patch the status of {plural} {namespace}/{name}",
         )
 
     async def create_if_absent(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create the object; False when one with that name exists already (idempotent)."""
-        from kubernetes.client.exceptions import ApiException
-
-        def create() -> bool:
-            try:
-                self._custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, body
-                )
-            except ApiException as err:
-                if err.status == 409:
-                    return False
-                raise
-            return True
-
         name = body.get("metadata", {}).get("name", "?")
-        created: bool = await self._call(create, f"{plural} {namespace}/{name}")
-        return created
-
-    async def _call(self, fn: Any, what: str) -> Any:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
         try:
-            return await asyncio.to_thread(fn)
-        except ApiException as err:
-            if err.status == 409:
-                raise Conflict(f"{what} changed meanwhile") from None
-            raise ClusterError(f"cannot access {what}: {err.status} {err.reason}") from None
-        except (HTTPError, OSError) as err:
-            raise ClusterError(f"cannot reach the Kubernetes API for {what}: {err}") from None
+            await call(
+                lambda: self._custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, body
+                ),
+                f"create {plural} {namespace}/{name}",
+            )
+        except ClusterConflict:
+            return False
+        return True

@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webhook.errors import ImagegateError, RebuildError, RegistryError, Unfixable
-from webhook.k8s.cluster import ClusterError
-from webhook.k8s.objects import Conflict, ImagegateObjects
+from webhook.errors import (
+    ClusterConflict,
+    ClusterError,
+    ImagegateError,
+    RebuildError,
+    RegistryError,
+    Unfixable,
+)
+from webhook.k8s.objects import ImagegateObjects
 from webhook.policy.checker import Checker, CheckResult
 from webhook.policy.model import ImagePolicy
 from webhook.rebuild.engine import RebuildResult, rebuild
@@ -161,7 +167,7 @@ class RebuildService:
         version = str((current.get("metadata") or {}).get("resourceVersion", ""))
         try:
             await self._objects.patch_status(PLURAL, namespace, name, claim, version or None)
-        except Conflict:
+        except ClusterConflict:
             raise RetryLater("changed while claiming it; looking again", delay=2.0) from None
         return True
 

@@ -10,7 +10,9 @@ Layout:
 * in it one result per (workload container, policy, rule): every enabled rule of every policy
   that applied to the container's image gets a result, so pass counts mean something;
 * one cluster-scoped `ClusterPolicyReport` `imagegate-cluster-summary` whose `summary` adds up
-  every namespace (it carries no results: they live in the namespaced reports).
+  every namespace (it carries no results: they live in the namespaced reports);
+* a batch of admission records is merged into the stored report of its namespace
+  (`merge_report`): the results of the resources it names replace theirs, the others stay.
 
 Result mapping (Kyverno's convention: the result says whether the resource complies, the
 policy's mode says what admission did about it):
@@ -49,6 +51,7 @@ SOURCE: Final = "imagegate"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "imagegate"
 CLUSTER_SUMMARY_NAME: Final = "imagegate-cluster-summary"
+NAMESPACES_ANNOTATION: Final = "imagegate.dev/namespaces"
 REPORT_NAME_PREFIX: Final = "imagegate-"
 INSPECTION_RULE: Final = "inspection"
 DAEMON_PREFIX: Final = "docker-daemon:"
@@ -276,7 +279,7 @@ def summary_of(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = dict.fromkeys(RESULTS, 0)
     for result in results:
         outcome = result.get("result")
-        if outcome in counts:
+        if isinstance(outcome, str) and outcome in counts:
             counts[outcome] += 1
     return counts
 
@@ -303,7 +306,11 @@ def build_namespace_report(
 
 
 def build_cluster_summary(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The ClusterPolicyReport `imagegate-cluster-summary`: every namespace's summary added up."""
+    """The ClusterPolicyReport `imagegate-cluster-summary`: every namespace's summary added up.
+
+    `reports` are the namespaces' PolicyReports, as built or as read back from the cluster
+    (other kinds are skipped, missing counts are zeros).
+    """
     total: dict[str, int] = dict.fromkeys(RESULTS, 0)
     namespaces: dict[str, dict[str, int]] = {}
     for report in reports:
@@ -311,18 +318,18 @@ def build_cluster_summary(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any
             continue
         summary = report.get("summary") or {}
         ns = str((report.get("metadata") or {}).get("namespace", ""))
-        namespaces[ns] = {k: int(summary.get(k, 0)) for k in RESULTS}
+        counts = namespaces.setdefault(ns, dict.fromkeys(RESULTS, 0))
         for k in RESULTS:
-            total[k] += int(summary.get(k, 0))
+            n = int(summary.get(k) or 0)
+            counts[k] += n
+            total[k] += n
     return {
         "apiVersion": API_VERSION,
         "kind": CLUSTER_POLICY_REPORT,
         "metadata": {
             "name": CLUSTER_SUMMARY_NAME,
             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {
-                "imagegate.dev/namespaces": json.dumps(namespaces, sort_keys=True),
-            },
+            "annotations": {NAMESPACES_ANNOTATION: json.dumps(namespaces, sort_keys=True)},
         },
         "summary": total,
         "results": [],
@@ -338,13 +345,47 @@ def build_policy_reports(entries: Iterable[ReportEntry], now: datetime) -> list[
     return [*reports, build_cluster_summary(reports)]
 
 
+def merge_report(stored: Mapping[str, Any] | None, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The namespace PolicyReport `report` merged into its `stored` version (None: not stored).
+
+    The results of the resources (kind/name) that `report` has results for replace the stored
+    results of those resources; the other stored results stay. The stored metadata is kept
+    (with `report`'s labels added) and the summary is recounted.
+    """
+    new = [r for r in report.get("results") or [] if isinstance(r, Mapping)]
+    body = dict(report)
+    if stored is None:
+        body["summary"] = summary_of(new)
+        return body
+    replaced = {_resource_of(r) for r in new}
+    kept = [
+        r
+        for r in stored.get("results") or []
+        if isinstance(r, Mapping) and _resource_of(r) not in replaced
+    ]
+    metadata = dict(stored.get("metadata") or {})
+    metadata["labels"] = {
+        **(metadata.get("labels") or {}),
+        **((report.get("metadata") or {}).get("labels") or {}),
+    }
+    body["metadata"] = metadata
+    body["results"] = sorted([*kept, *new], key=_result_key)
+    body["summary"] = summary_of(body["results"])
+    return body
+
+
+def _resource_of(result: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, name) of the resource a result is about."""
+    resources = result.get("resources") or [{}]
+    first = resources[0] if isinstance(resources[0], Mapping) else {}
+    return str(first.get("kind", "")), str(first.get("name", ""))
+
+
 def _result_key(result: Mapping[str, Any]) -> tuple[str, ...]:
-    res = (result.get("resources") or [{}])[0]
     props = result.get("properties") or {}
     rule = str(result.get("rule", ""))
     return (
-        str(res.get("kind", "")),
-        str(res.get("name", "")),
+        *_resource_of(result),
         str(props.get("container", "")),
         str(result.get("policy", "")),
         f"{_rule_order(rule)[0]:02d}{rule}",

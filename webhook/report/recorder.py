@@ -18,7 +18,9 @@ from webhook.report.policyreport import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     ReportEntry,
+    build_cluster_summary,
     build_policy_reports,
+    merge_report,
 )
 
 log = logging.getLogger("imagegate.reports")
@@ -45,7 +47,7 @@ class ReportRecorder:
             return
         entries, self._pending = list(self._pending.values()), {}
         reports: list[dict[str, Any]] = build_policy_reports(entries, dt.datetime.now(dt.UTC))
-        await self._writer.merge(reports)
+        await self._writer.merge(reports, merge_report, build_cluster_summary)
         log.info("recorded %d admission results in PolicyReports", len(entries))
 
     def start(self) -> None:
