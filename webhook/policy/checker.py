@@ -7,6 +7,7 @@ registry client (whose caches make repeated checks cheap).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -162,7 +163,7 @@ class Checker:
         violations: list[Violation] = []
         derived: dict[str, Any] = {}
         for policy in applicable:
-            known = await self._known_bases(policy, chosen, keyring)
+            known = await known_bases(self._client, [policy], chosen, keyring, self._limit)
             unreadable = [k for k in known if k.error]
             if unreadable and identify_base(facts, known) is None:
                 # Not a verdict: the base may well be approved. An error goes through onError
@@ -192,22 +193,42 @@ class Checker:
         """Check several images concurrently; results keep the order of `images`."""
         return list(await asyncio.gather(*(self.check(i, policies, platform) for i in images)))
 
-    async def _known_bases(
-        self, policy: ImagePolicy, platform: Platform, keyring: Keyring | None
-    ) -> list[KnownBase]:
-        rule = policy.spec.rules.allowed_bases
-        if not rule.enabled:
-            return []
-        refs = concrete_references(rule)
-        return list(await asyncio.gather(*(self._known_base(r, platform, keyring) for r in refs)))
 
-    async def _known_base(self, ref: str, platform: Platform, keyring: Keyring | None) -> KnownBase:
-        try:
-            async with self._limit:
-                base = await inspect_image(ref, platform, self._client, keyring)
-        except ImagegateError as err:
-            return KnownBase(ref, error=str(err))
-        return KnownBase(ref, base.digest, tuple(base.diff_ids))
+async def known_bases(
+    client: RegistryClient,
+    policies: Iterable[ImagePolicy],
+    platform: Platform,
+    keyring: Keyring | None = None,
+    limit: asyncio.Semaphore | None = None,
+) -> list[KnownBase]:
+    """The approved bases named by the enabled `allowedBases` rules of `policies` (each once, in
+    order), read for `platform`; one that cannot be read carries its error instead.
+
+    The Checker asks for one policy at a time, the rebuild engine for all of them at once.
+    `limit` bounds the concurrent reads.
+    """
+    refs: list[str] = []
+    for policy in policies:
+        rule = policy.spec.rules.allowed_bases
+        if rule.enabled:
+            refs.extend(r for r in concrete_references(rule) if r not in refs)
+    reads = (_known_base(client, r, platform, keyring, limit) for r in refs)
+    return list(await asyncio.gather(*reads))
+
+
+async def _known_base(
+    client: RegistryClient,
+    ref: str,
+    platform: Platform,
+    keyring: Keyring | None,
+    limit: asyncio.Semaphore | None,
+) -> KnownBase:
+    try:
+        async with limit if limit is not None else contextlib.nullcontext():
+            base = await inspect_image(ref, platform, client, keyring)
+    except ImagegateError as err:
+        return KnownBase(ref, error=str(err))
+    return KnownBase(ref, base.digest, tuple(base.diff_ids))
 
 
 def _policy_platform(policies: list[ImagePolicy]) -> Platform | None:

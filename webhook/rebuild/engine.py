@@ -17,7 +17,6 @@ rule is reported as such (`outcome="unfixable"` with the reason), never hidden.
 from __future__ import annotations
 
 import asyncio
-import copy
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +24,12 @@ from typing import Any, Literal
 
 from webhook import __version__
 from webhook.errors import ImagegateError, RebuildError, Unfixable, UsageError
-from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.checker import Checker, CheckResult, known_bases
 from webhook.policy.model import ImagePolicy, SingleEntrypointRule
-from webhook.policy.rules.allowed_base import (
-    BASE_DIGEST,
-    BASE_NAME,
-    KnownBase,
-    concrete_references,
-    identify_base,
-)
+from webhook.policy.rules.allowed_base import BASE_NAME, identify_base
 from webhook.rebuild import fixes as fx
 from webhook.rebuild import layers as ly
+from webhook.rebuild.draft import BaseImage, DraftLayer, ImageDraft
 from webhook.rebuild.model import Phase
 from webhook.rebuild.push import (
     BlobSource,
@@ -43,7 +37,6 @@ from webhook.rebuild.push import (
     push_blobs,
     push_manifest,
     replacement_tag,
-    sha256,
     tag_once,
 )
 from webhook.registry import mediatypes as mt
@@ -56,16 +49,6 @@ from webhook.registry.reference import Reference
 SOURCE_DIGEST = "dev.imagegate.source.digest"
 FIXES = "dev.imagegate.fixes"
 VERSION = "dev.imagegate.version"
-EPOCH_CREATED = "1970-01-01T00:00:00Z"
-
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-_LAYER_TYPES = {
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-    ),
-    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
-}
 
 Outcome = Literal["succeeded", "failed", "unfixable"]
 
@@ -148,14 +131,6 @@ class RebuildResult:
         }
 
 
-@dataclass(frozen=True)
-class _Base:
-    name: str
-    digest: str | None
-    evidence: str
-    layers: int | None  # how many of the image's layers are the base's (None: not verified)
-
-
 @dataclass
 class _Job:
     client: RegistryClient
@@ -170,7 +145,6 @@ class _Job:
     rebase_onto: Reference | None
     workdir: Path
     entrypoint_rule: SingleEntrypointRule
-    known: dict[str, list[KnownBase]] = field(default_factory=dict)
 
 
 async def rebuild(
@@ -356,170 +330,74 @@ async def _rebuild_index(job: _Job, top: Manifest) -> tuple[bytes, str, list[Pla
 async def _rebuild_manifest(
     job: _Job, manifest: Manifest, platform: Platform | None
 ) -> PlatformRebuild:
-    client, kr = job.client, job.keyring
+    """One platform image: read it into a draft, apply the chosen fixes in order, push it."""
     ref = job.source.with_digest(manifest.digest)
-    data = manifest.data
-    config_digest = str(data["config"]["digest"])
-    config = copy.deepcopy(await client.get_config(ref, config_digest, kr))
+    config = await job.client.get_config(ref, str(manifest.data["config"]["digest"]), job.keyring)
     plat = platform or _config_platform(config)
-    facts = await client.inspect(ref, plat, kr)
-    layers: list[dict[str, Any]] = [dict(layer) for layer in data["layers"]]
-    sources: list[BlobSource] = [BlobSource(str(x["digest"]), repository=ref) for x in layers]
-    rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-    diff_ids: list[str] = list(rootfs.get("diff_ids") or [])
-    history: list[dict[str, Any]] = [dict(h) for h in config.get("history") or []]
-    inner = config.get("config")
-    if not isinstance(inner, dict):
-        inner = {}
-        config["config"] = inner
-    created = str(config.get("created") or EPOCH_CREATED)
-    bytes_before = sum(int(x.get("size", 0)) for x in layers)
-    applied: list[str] = []
+    facts = await job.client.inspect(ref, plat, job.keyring)
     base = await _identify_base(job, facts, plat)
-    annotations: dict[str, str] = {
-        k: v for k, v in (data.get("annotations") or {}).items() if isinstance(v, str)
-    }
-
-    def note(fix: str, created_by: str) -> None:
-        if fix not in applied:
-            applied.append(fix)
-        history.append(
-            {
-                "created": created,
-                "created_by": f"imagegate rebuild: {created_by}",
-                "comment": f"imagegate {__version__}",
-                "empty_layer": True,
-            }
-        )
-
+    draft = ImageDraft.from_image(str(job.source), ref, manifest.data, config, base)
+    bytes_before = draft.size
     if fx.NON_ROOT_USER in job.fixes:
-        inner["User"] = job.user
-        note(fx.NON_ROOT_USER, f"USER {job.user}")
-
+        fx.set_user(draft, job.user)
     if fx.SINGLE_ENTRYPOINT in job.fixes:
-        entrypoint, cmd = fx.fix_entrypoint(facts, job.entrypoint_rule)
-        if (entrypoint, cmd) != (facts.entrypoint, facts.cmd):
-            inner["Entrypoint"] = entrypoint
-            inner["Cmd"] = cmd
-            note(fx.SINGLE_ENTRYPOINT, f"ENTRYPOINT {entrypoint} CMD {cmd}")
-
+        fx.exec_form_entrypoint(draft, facts, job.entrypoint_rule)
     if fx.ALLOWED_BASE in job.fixes:
-        if job.rebase_onto is not None:
-            if base is None or base.layers is None:
-                why = (
-                    "its base image cannot be identified"
-                    if base is None
-                    else f"the layers of its base {base.name} are not a prefix of its own"
-                )
-                raise Unfixable(
-                    f"cannot rebase {job.source} onto {job.rebase_onto}: {why}, so imagegate "
-                    "cannot tell which layers are the application's"
-                )
-            new = await client.resolve(job.rebase_onto, plat, kr)
-            new_ref = job.rebase_onto.with_digest(new.manifest.digest)
-            new_config = await client.get_config(
-                new_ref, str(new.manifest.data["config"]["digest"]), kr
-            )
-            new_layers = [dict(x) for x in new.manifest.data["layers"]]
-            keep = base.layers
-            layers = new_layers + layers[keep:]
-            sources = [
-                BlobSource(str(x["digest"]), repository=new_ref) for x in new_layers
-            ] + sources[keep:]
-            diff_ids = list(new_config["rootfs"]["diff_ids"]) + diff_ids[keep:]
-            _, tail = _split_history(history, keep)
-            history = [dict(h) for h in new_config.get("history") or []] + tail
-            base = _Base(str(job.rebase_onto), new.digest, "rebase", len(new_layers))
-            note(fx.ALLOWED_BASE, f"rebase onto {job.rebase_onto}@{new.digest}")
-        elif base is None:
-            raise Unfixable(
-                f"cannot tell which base {job.source} was built on, so there is nothing to "
-                "record; rebase it onto an approved base instead"
-            )
-        annotations[BASE_NAME] = base.name
-        inner.setdefault("Labels", {})
-        if inner["Labels"] is None:
-            inner["Labels"] = {}
-        inner["Labels"][BASE_NAME] = base.name
-        if base.digest:
-            annotations[BASE_DIGEST] = base.digest
-            inner["Labels"][BASE_DIGEST] = base.digest
-        elif BASE_DIGEST in inner["Labels"]:
-            del inner["Labels"][BASE_DIGEST]
-        if fx.ALLOWED_BASE not in applied:
-            note(fx.ALLOWED_BASE, f"record base {base.name}")
-
-    squashed = dropped = 0
+        await _fix_base(job, draft, plat)
     if fx.SIZE_BUDGET in job.fixes:
-        start = base.layers if base is not None and base.layers is not None else 0
-        upper = list(zip(layers[start:], sources[start:], diff_ids[start:], strict=True))
-        if upper:
-            result = await _squash(job, manifest.digest, upper)
-            layers = [
-                *layers[:start],
-                {
-                    "mediaType": OCI_LAYER_GZIP,
-                    "digest": result.layer.digest,
-                    "size": result.layer.size,
-                },
-            ]
-            sources = [*sources[:start], BlobSource(result.layer.digest, file=result.layer.path)]
-            diff_ids = [*diff_ids[:start], result.layer.diff_id]
-            head, _ = _split_history(history, start)
-            history = [
-                *head,
-                {
-                    "created": created,
-                    "created_by": (
-                        f"imagegate rebuild: squash of {len(upper)} layers, "
-                        f"{len(result.dropped)} cache paths dropped"
-                    ),
-                    "comment": f"imagegate {__version__}",
-                },
-            ]
-            squashed, dropped = len(upper), len(result.dropped)
-            applied.append(fx.SIZE_BUDGET)
+        await _fix_size(job, draft, manifest.digest)
+    return await _publish(job, manifest.digest, plat, draft, bytes_before)
 
-    rootfs["type"] = "layers"
-    rootfs["diff_ids"] = diff_ids
-    config["history"] = history
-    config_bytes = canonical_json(config)
-    config_path = job.workdir / f"config-{sha256(config_bytes).split(':', 1)[1]}.json"
-    config_path.write_bytes(config_bytes)
-    sources.append(BlobSource(sha256(config_bytes), file=config_path))
 
-    annotations.update(_provenance(job, applied))
-    new_manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {
-            "mediaType": mt.OCI_CONFIG,
-            "digest": sha256(config_bytes),
-            "size": len(config_bytes),
-        },
-        "layers": [_oci_layer(x) for x in layers],
-        "annotations": annotations,
-    }
-    body = canonical_json(new_manifest)
+async def _fix_base(job: _Job, draft: ImageDraft, plat: Platform) -> None:
+    """`allowedBase`: rebase onto `job.rebase_onto` when given, then record the base."""
+    if job.rebase_onto is not None:
+        fx.rebase_point(draft, str(job.rebase_onto))  # Unfixable before reading the new base
+        new = await job.client.resolve(job.rebase_onto, plat, job.keyring)
+        ref = job.rebase_onto.with_digest(new.manifest.digest)
+        config_digest = str(new.manifest.data["config"]["digest"])
+        config = await job.client.get_config(ref, config_digest, job.keyring)
+        onto = ImageDraft.from_image(str(job.rebase_onto), ref, new.manifest.data, config)
+        fx.rebase(draft, onto, new.digest)
+    fx.record_base(draft)
+
+
+async def _fix_size(job: _Job, draft: ImageDraft, manifest_digest: str) -> None:
+    """`sizeBudget`: squash the layers above the base, when there are any."""
+    upper = draft.layers[draft.base_layers :]
+    if upper:
+        fx.squash(draft, await _squash(job, manifest_digest, upper))
+
+
+async def _publish(
+    job: _Job, source_manifest: str, plat: Platform, draft: ImageDraft, bytes_before: int
+) -> PlatformRebuild:
+    """Render the draft, push its blobs (layers mounted, files uploaded) and its manifest."""
+    rendered = draft.render(_provenance(job, draft.applied))
+    config_path = job.workdir / f"config-{rendered.config_digest.split(':', 1)[1]}.json"
+    config_path.write_bytes(rendered.config)
+    sources = [layer.source for layer in draft.layers]
+    sources.append(BlobSource(rendered.config_digest, file=config_path))
     done = await push_blobs(job.blobs, job.target, sources, job.workdir)
-    digest = await push_manifest(job.blobs, job.target, body, mt.OCI_MANIFEST)
+    digest = await push_manifest(job.blobs, job.target, rendered.manifest, mt.OCI_MANIFEST)
     for source in sources:  # the big files are pushed: free the disk early
         if source.file is not None:
             source.file.unlink(missing_ok=True)
+    base = draft.base
     return PlatformRebuild(
         platform=str(plat),
-        source_manifest=manifest.digest,
+        source_manifest=source_manifest,
         manifest=digest,
-        size=len(body),
-        fixes=applied,
+        size=len(rendered.manifest),
+        fixes=draft.applied,
         base=base.name if base else None,
         base_evidence=base.evidence if base else None,
-        squashed_layers=squashed,
-        dropped_paths=dropped,
+        squashed_layers=draft.squashed_layers,
+        dropped_paths=draft.dropped_paths,
         bytes_before=bytes_before,
-        bytes_after=sum(int(x.get("size", 0)) for x in layers),
+        bytes_after=draft.size,
         blobs=done,
-        body=body,
+        body=rendered.manifest,
     )
 
 
@@ -532,13 +410,6 @@ def _provenance(job: _Job, applied: list[str]) -> dict[str, str]:
     }
 
 
-def _oci_layer(descriptor: dict[str, Any]) -> dict[str, Any]:
-    out = dict(descriptor)
-    media_type = str(out.get("mediaType") or OCI_LAYER_GZIP)
-    out["mediaType"] = _LAYER_TYPES.get(media_type, media_type)
-    return out
-
-
 def _config_platform(config: dict[str, Any]) -> Platform:
     os_, arch = config.get("os"), config.get("architecture")
     if isinstance(os_, str) and isinstance(arch, str) and os_ and arch:
@@ -547,55 +418,15 @@ def _config_platform(config: dict[str, Any]) -> Platform:
     return Platform.host()
 
 
-def _split_history(
-    history: list[dict[str, Any]], layers: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """History entries of the first `layers` layers (with the empty entries that follow them,
-    up to the next layer), and the rest."""
-    if layers == 0:
-        return [], list(history)
-    seen = 0
-    for index, entry in enumerate(history):
-        if not entry.get("empty_layer"):
-            seen += 1
-            if seen == layers:
-                end = index + 1
-                while end < len(history) and history[end].get("empty_layer"):
-                    end += 1
-                return history[:end], history[end:]
-    return list(history), []
-
-
-async def _known_bases(job: _Job, plat: Platform) -> list[KnownBase]:
-    key = str(plat)
-    if key in job.known:
-        return job.known[key]
-    refs: list[str] = []
-    for policy in job.policies:
-        rule = policy.spec.rules.allowed_bases
-        if rule.enabled:
-            refs.extend(r for r in concrete_references(rule) if r not in refs)
-    found: list[KnownBase] = []
-    for text in refs:
-        try:
-            base = await job.client.inspect(Reference.parse(text), plat, job.keyring)
-        except ImagegateError as err:
-            found.append(KnownBase(text, error=str(err)))
-            continue
-        found.append(KnownBase(text, base.digest, tuple(base.diff_ids)))
-    job.known[key] = found
-    return found
-
-
-async def _identify_base(job: _Job, facts: ImageFacts, plat: Platform) -> _Base | None:
+async def _identify_base(job: _Job, facts: ImageFacts, plat: Platform) -> BaseImage | None:
     """The base and how many of the image's layers are its own (verified as a prefix)."""
-    known = await _known_bases(job, plat)
+    known = await known_bases(job.client, job.policies, plat, job.keyring)
     fact = identify_base(facts, known)
     if fact is None:
         return None
     if fact.evidence == "diff_ids":
         match = next(k for k in known if k.reference == fact.name)
-        return _Base(fact.name, fact.digest, fact.evidence, len(match.diff_ids))
+        return BaseImage(fact.name, fact.digest, fact.evidence, len(match.diff_ids))
     count: int | None = None
     try:
         ref = Reference.parse(fact.name)
@@ -607,24 +438,23 @@ async def _identify_base(job: _Job, facts: ImageFacts, plat: Platform) -> _Base 
             count = n
     except ImagegateError:
         count = None
-    return _Base(fact.name, fact.digest, fact.evidence, count)
+    return BaseImage(fact.name, fact.digest, fact.evidence, count)
 
 
-async def _squash(
-    job: _Job, manifest_digest: str, upper: list[tuple[dict[str, Any], BlobSource, str]]
-) -> ly.SquashResult:
+async def _squash(job: _Job, manifest_digest: str, upper: list[DraftLayer]) -> ly.SquashResult:
     """Download the layers to squash (verified), decompress them (verified), squash them."""
     work = job.workdir / f"squash-{manifest_digest.split(':', 1)[1][:16]}"
     work.mkdir(parents=True, exist_ok=True)
     tars: list[Path] = []
     try:
-        for index, (descriptor, source, diff_id) in enumerate(upper):
-            if source.repository is None:  # pragma: no cover - only source layers get here
-                raise RebuildError(f"layer {source.digest} has no repository to read it from")
+        for index, layer in enumerate(upper):
+            repository = layer.source.repository
+            if repository is None:  # pragma: no cover - only registry layers get here
+                raise RebuildError(f"layer {layer.digest} has no repository to read it from")
             blob = work / f"{index:04d}.blob"
             tar = work / f"{index:04d}.tar"
-            await job.blobs.download(source.repository, str(descriptor["digest"]), blob)
-            await asyncio.to_thread(ly.decompress, blob, tar, diff_id)
+            await job.blobs.download(repository, layer.digest, blob)
+            await asyncio.to_thread(ly.decompress, blob, tar, layer.diff_id)
             blob.unlink()
             tars.append(tar)
         out = job.workdir / f"squashed-{manifest_digest.split(':', 1)[1][:16]}.tar.gz"

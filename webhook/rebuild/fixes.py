@@ -1,7 +1,13 @@
-"""The fixes a rebuild can apply, and the config edits behind the two that need no layers.
+"""The fixes a rebuild can apply, each a function that edits an `ImageDraft`.
 
 Fix names are the `ImageRebuild.spec.fixes` values: `nonRootUser`, `singleEntrypoint`,
-`sizeBudget`, `allowedBase`. Each maps to the rule it repairs (`RULE_FIXES`).
+`sizeBudget`, `allowedBase`. Each maps to the rule it repairs (`RULE_FIXES`). The functions here
+do no I/O: the engine reads what a fix needs (the new base, the squashed layer) and hands it in.
+
+* `nonRootUser`: `set_user`;
+* `singleEntrypoint`: `exec_form_entrypoint` (the argv comes from `fix_entrypoint`);
+* `allowedBase`: `rebase` onto an approved base (when asked to), then `record_base`;
+* `sizeBudget`: `squash` the layers above the base into one.
 """
 
 from __future__ import annotations
@@ -11,9 +17,14 @@ import shlex
 from dataclasses import replace
 from typing import Final
 
+from webhook import __version__
 from webhook.errors import Unfixable, UsageError
 from webhook.policy.model import SingleEntrypointRule
 from webhook.policy.rules import single_entrypoint
+from webhook.policy.rules.allowed_base import BASE_DIGEST, BASE_NAME
+from webhook.rebuild.draft import OCI_LAYER_GZIP, BaseImage, DraftLayer, ImageDraft
+from webhook.rebuild.layers import SquashResult
+from webhook.rebuild.push import BlobSource
 from webhook.registry.facts import ImageFacts
 
 NON_ROOT_USER: Final = "nonRootUser"
@@ -168,3 +179,115 @@ def fix_entrypoint(
     if outcome.violations:
         raise Unfixable(outcome.violations[0].message)
     return new_entrypoint, new_cmd
+
+
+# ---- the fixes, on a draft ------------------------------------------------------------------
+
+
+def set_user(draft: ImageDraft, user: str) -> None:
+    """`nonRootUser`: the config's USER becomes `user` (numeric, see `parse_user`)."""
+    draft.inner["User"] = user
+    draft.note(NON_ROOT_USER, f"USER {user}")
+
+
+def exec_form_entrypoint(
+    draft: ImageDraft, facts: ImageFacts, rule: SingleEntrypointRule | None = None
+) -> None:
+    """`singleEntrypoint`: ENTRYPOINT/CMD of the source (`facts`) in exec form, or Unfixable.
+
+    An image that already starts one process in exec form is left as it is (and the fix is not
+    counted as applied).
+    """
+    entrypoint, cmd = fix_entrypoint(facts, rule)
+    if (entrypoint, cmd) != (facts.entrypoint, facts.cmd):
+        draft.inner["Entrypoint"] = entrypoint
+        draft.inner["Cmd"] = cmd
+        draft.note(SINGLE_ENTRYPOINT, f"ENTRYPOINT {entrypoint} CMD {cmd}")
+
+
+def rebase_point(draft: ImageDraft, onto: str) -> int:
+    """How many of the draft's layers a rebase onto `onto` replaces: its base's, verified as a
+    prefix of its own. Unfixable when they are not known."""
+    base = draft.base
+    if base is None or base.layers is None:
+        why = (
+            "its base image cannot be identified"
+            if base is None
+            else f"the layers of its base {base.name} are not a prefix of its own"
+        )
+        raise Unfixable(
+            f"cannot rebase {draft.name} onto {onto}: {why}, so imagegate cannot tell which "
+            "layers are the application's"
+        )
+    return base.layers
+
+
+def rebase(draft: ImageDraft, onto: ImageDraft, digest: str) -> None:
+    """`allowedBase` by rebasing: the base's layers (with their history) become `onto`'s.
+
+    `onto` is the new base's draft (its `name` the reference asked for), `digest` what it
+    resolved to. The layers above the old base, and their history, stay as they are.
+    """
+    keep = rebase_point(draft, onto.name)
+    below, above = list(onto.layers), draft.layers[keep:]
+    if onto.extra_history:  # the new base's history beyond its layers stays below the app's
+        if below:
+            top = below[-1]
+            below[-1] = replace(top, history=(*top.history, *onto.extra_history))
+        elif above:
+            above[0] = replace(above[0], history=(*onto.extra_history, *above[0].history))
+        else:
+            draft.extra_history[:0] = onto.extra_history
+    draft.layers = [*below, *above]
+    draft.base = BaseImage(onto.name, digest, "rebase", len(below))
+    draft.note(ALLOWED_BASE, f"rebase onto {onto.name}@{digest}")
+
+
+def record_base(draft: ImageDraft) -> None:
+    """`allowedBase`: name the base in the manifest annotations and config labels
+    (`org.opencontainers.image.base.name` / `.digest`), the rule's strongest evidence."""
+    base = draft.base
+    if base is None:
+        raise Unfixable(
+            f"cannot tell which base {draft.name} was built on, so there is nothing to "
+            "record; rebase it onto an approved base instead"
+        )
+    labels = draft.labels()
+    draft.annotations[BASE_NAME] = base.name
+    labels[BASE_NAME] = base.name
+    if base.digest:
+        draft.annotations[BASE_DIGEST] = base.digest
+        labels[BASE_DIGEST] = base.digest
+    elif BASE_DIGEST in labels:
+        del labels[BASE_DIGEST]
+    if ALLOWED_BASE not in draft.applied:
+        draft.note(ALLOWED_BASE, f"record base {base.name}")
+
+
+def squash(draft: ImageDraft, result: SquashResult) -> None:
+    """`sizeBudget`: the layers above the base (`draft.base_layers`) become `result`'s one
+    layer, with one history entry; the history above the base goes with them."""
+    start = draft.base_layers
+    count = len(draft.layers) - start
+    if count <= 0:
+        return
+    layer = result.layer
+    entry = {
+        "created": draft.created,
+        "created_by": (
+            f"imagegate rebuild: squash of {count} layers, "
+            f"{len(result.dropped)} cache paths dropped"
+        ),
+        "comment": f"imagegate {__version__}",
+    }
+    draft.layers[start:] = [
+        DraftLayer(
+            {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size},
+            layer.diff_id,
+            BlobSource(layer.digest, file=layer.path),
+            (entry,),
+        )
+    ]
+    draft.extra_history = []
+    draft.squashed_layers, draft.dropped_paths = count, len(result.dropped)
+    draft.mark(SIZE_BUDGET)
