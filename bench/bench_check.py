@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import docker  # noqa: E402
 
-from hack.registry import await_requests, start_registry  # noqa: E402
 from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
+from tests.support.registry import await_requests, start_registry  # noqa: E402
 from webhook.policy.checker import Checker  # noqa: E402
 from webhook.policy.model import ImagePolicy  # noqa: E402
 from webhook.registry.client import RegistryClient  # noqa: E402

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import yaml  # noqa: E402
 
-from hack.cluster import Cluster, find_binary, start_cluster  # noqa: E402
-from hack.registry import count_requests, start_registry  # noqa: E402
 from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
+from tests.support.cluster import Cluster, find_binary, start_cluster  # noqa: E402
+from tests.support.registry import count_requests, start_registry  # noqa: E402
 from webhook.k8s.cluster import KubernetesCluster  # noqa: E402
 from webhook.k8s.reports import ReportWriter  # noqa: E402
 from webhook.operator.scan import Scanner, ScanOutcome  # noqa: E402

@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
-from hack.registry import RegistryProcess, await_requests, start_registry  # noqa: E402
 from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
 from tests.integration.reviews import (  # noqa: E402
     container,
@@ -37,11 +36,9 @@ from tests.integration.reviews import (  # noqa: E402
     realistic_pod_review,
     review,
 )
-from tests.integration.webhook_server import (  # noqa: E402
-    WebhookServer,
-    free_port,
-    start_webhook,
-)
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.registry import RegistryProcess, await_requests, start_registry  # noqa: E402
+from tests.support.webhook import WebhookServer, start_webhook  # noqa: E402
 
 SECONDS = 8
 COLD = 100

@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import yaml  # noqa: E402
 
-from hack.cluster import load_cluster  # noqa: E402
-from hack.registry import attach, start_registry  # noqa: E402
-from tests.e2e.manifests import deployment, image_rebuild, pod  # noqa: E402
 from tests.fixtures.images import build_fixtures  # noqa: E402
+from tests.support.cluster import load_cluster  # noqa: E402
+from tests.support.manifests import deployment, image_rebuild, pod  # noqa: E402
+from tests.support.registry import attach, start_registry  # noqa: E402
 from webhook.admission.tls import self_signed  # noqa: E402
 
 STATE = Path(os.environ.get("IMAGEGATE_STATE", "/tmp/imagegate"))

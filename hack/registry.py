@@ -1,470 +1,41 @@
-"""Start and stop a real CNCF Distribution registry (Debian's ``docker-registry``) on loopback.
+"""Start, stop and show a real Distribution registry on loopback, from a shell.
 
-Used by the test session (``tests/conftest.py``), the bench and ``make demo``::
+The registry keeps running after ``start`` returns (pid file in STATE); the harness itself is
+``tests/support/registry.py``, which the tests, the bench and ``make demo`` use::
 
-    reg = start_registry(tmp_dir)                      # free port, no auth
-    reg = start_registry(tmp_dir, htpasswd=("alice", "wonderland"))
-    reg.host   # "127.0.0.1:PORT"
-    reg.url    # "http://127.0.0.1:PORT"
-    mark = reg.log_offset()
-    ...                                                # talk to the registry
-    count_requests(reg.log_path, "GET", "/manifests/", since=mark)
-    reg.stop()
+    python hack/registry.py start [--port 5001] [--state DIR] [--htpasswd USER:PASS]
+    python hack/registry.py status [--state DIR]
+    python hack/registry.py stop [--state DIR]
 
-From a shell (the registry keeps running after the command returns; pid file in STATE)::
-
-    python hack/registry.py start --port 5001 --state DIR [--htpasswd USER:PASS]
-    python hack/registry.py status --state DIR
-    python hack/registry.py stop --state DIR
-
-The registry's access log (Apache "combined" format, on its stdout) and its application log
-(logrus, on stderr) both go to ``log_path``. A line of the access log looks like::
-
-  127.0.0.1 - - [28/Nov/2026:00:16:05 +0000] "GET /v2/a/manifests/1 HTTP/1.1" 404 93 "" "curl/7.88"
-
-``count_requests`` counts only those lines, so each HTTP request is counted exactly once.
-The access line is written when the response has completed, which can be a moment after
-the client has read it: use ``await_requests`` when counting right after a request.
+STATE defaults to ``$IMAGEGATE_STATE/registry`` (``/tmp/imagegate/registry``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-__all__ = [
-    "AccessLogEntry",
-    "RegistryError",
-    "RegistryNotInstalledError",
-    "RegistryProcess",
-    "await_requests",
-    "count_requests",
-    "find_registry_binary",
-    "parse_access_log",
-    "start_registry",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script: hack/ is on the path
 
-REGISTRY_BINARIES = ("docker-registry", "registry")
-"""Names the Distribution registry binary has (Debian: docker-registry; upstream: registry)."""
-
-PID_FILE = "registry.pid"
-HOST_FILE = "registry.host"
-LOG_FILE = "registry.log"
-CONFIG_FILE = "config.yml"
-HTPASSWD_FILE = "htpasswd"
-
-_ACCESS_LINE = re.compile(
-    r"^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
-    r'"(?P<method>[A-Z]+) (?P<uri>\S+) (?P<proto>HTTP/[0-9.]+)" '
-    r"(?P<status>\d{3}) (?P<size>\d+|-)"
-)
-
-
-class RegistryError(RuntimeError):
-    """The registry could not be started, or stopped, as asked."""
-
-
-class RegistryNotInstalledError(RegistryError):
-    """No registry binary (Debian package ``docker-registry``) or ``htpasswd`` is installed."""
-
-
-@dataclass(frozen=True)
-class AccessLogEntry:
-    """One line of the registry's access log."""
-
-    method: str
-    uri: str
-    status: int
-    user: str
-
-
-def parse_access_log(log_path: str | os.PathLike[str], *, since: int = 0) -> list[AccessLogEntry]:
-    """Every access-log line of ``log_path`` from byte offset ``since`` on; other lines skipped."""
-    entries: list[AccessLogEntry] = []
-    with open(log_path, "rb") as f:
-        f.seek(since)
-        for raw in f:
-            match = _ACCESS_LINE.match(raw.decode("utf-8", "replace"))
-            if match:
-                entries.append(
-                    AccessLogEntry(
-                        method=match["method"],
-                        uri=match["uri"],
-                        status=int(match["status"]),
-                        user=match["user"],
-                    )
-                )
-    return entries
-
-
-def count_requests(
-    log_path: str | os.PathLike[str],
-    method: str,
-    path_substring: str,
-    *,
-    status: int | None = None,
-    since: int = 0,
-) -> int:
-    """How many ``method`` requests whose URI contains ``path_substring`` the registry logged.
-
-    ``status`` keeps only responses with that HTTP status (e.g. 200, leaving out 401
-    challenges); ``since`` is a byte offset into the log (see ``RegistryProcess.log_offset``)
-    so that a test counts only its own requests on a shared registry.
-    """
-    wanted = method.upper()
-    return sum(
-        1
-        for e in parse_access_log(log_path, since=since)
-        if e.method == wanted and path_substring in e.uri and (status is None or e.status == status)
-    )
-
-
-def await_requests(
-    log_path: str | os.PathLike[str],
-    method: str,
-    path_substring: str,
-    at_least: int,
-    *,
-    status: int | None = None,
-    since: int = 0,
-    timeout: float = 5.0,
-    settle: float = 0.2,
-) -> int:
-    """Wait until ``at_least`` matching requests are logged (or ``timeout``), then return the count.
-
-    After reaching ``at_least`` it waits ``settle`` seconds more and counts again, so requests
-    beyond the expected number are seen too (an "exactly N" assertion stays meaningful).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        n = count_requests(log_path, method, path_substring, status=status, since=since)
-        if n >= at_least or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    if n >= at_least and settle > 0:
-        time.sleep(settle)
-        n = count_requests(log_path, method, path_substring, status=status, since=since)
-    return n
-
-
-def find_registry_binary() -> str:
-    """The registry binary: ``$IMAGEGATE_REGISTRY_BIN``, else ``docker-registry``/``registry``."""
-    explicit = os.environ.get("IMAGEGATE_REGISTRY_BIN")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise RegistryNotInstalledError(f"IMAGEGATE_REGISTRY_BIN={explicit} is not executable")
-        return explicit
-    for name in REGISTRY_BINARIES:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RegistryNotInstalledError(
-        "no Distribution registry binary (docker-registry) on PATH: "
-        "run hack/install-deps.sh (Debian package docker-registry)"
-    )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class RegistryProcess:
-    """A running registry. ``stop()`` ends it; it is also a context manager."""
-
-    host: str
-    state_dir: Path
-    config_path: Path
-    log_path: Path
-    pid: int
-    credentials: tuple[str, str] | None = None
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _log_file: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    @property
-    def port(self) -> int:
-        return int(self.host.rsplit(":", 1)[1])
-
-    def log_offset(self) -> int:
-        """Current size of the log: pass it as ``since`` to count only later requests."""
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def count_requests(
-        self, method: str, path_substring: str, *, status: int | None = None, since: int = 0
-    ) -> int:
-        return count_requests(self.log_path, method, path_substring, status=status, since=since)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        if self._process is not None:
-            return self._process.poll() is None
-        return _pid_is_registry(self.pid, self.config_path)
-
-    def detach(self) -> RegistryProcess:
-        """Leave the registry running after this Python process exits (``stop()`` still works,
-        by pid). Used by ``registry.py start`` and the demo."""
-        self._process = None
-        if self._log_file is not None:
-            self._log_file.close()  # the registry has its own copy of the descriptor
-            self._log_file = None
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the registry (SIGTERM, then SIGKILL after ``timeout``). Safe to call twice."""
-        try:
-            if self._process is not None:
-                if self._process.poll() is None:
-                    self._process.terminate()
-                    try:
-                        self._process.wait(timeout)
-                    except subprocess.TimeoutExpired:
-                        self._process.kill()
-                        self._process.wait(timeout)
-            elif _pid_is_registry(self.pid, self.config_path):
-                _terminate_pid(self.pid, timeout)
-        finally:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
-            pid_file = self.state_dir / PID_FILE
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                if int(pid_file.read_text().strip()) == self.pid:
-                    pid_file.unlink()
-
-    def __enter__(self) -> RegistryProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _pid_is_registry(pid: int, config_path: Path) -> bool:
-    """True when ``pid`` is alive and is a registry serving ``config_path`` (not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return os.fsencode(str(config_path)) in cmdline
-
-
-def _terminate_pid(pid: int, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def _make_htpasswd(path: Path, user: str, password: str) -> None:
-    tool = shutil.which("htpasswd")
-    if tool is None:
-        raise RegistryNotInstalledError(
-            "htpasswd not found: run hack/install-deps.sh (Debian package apache2-utils)"
-        )
-    out = subprocess.run(
-        [tool, "-Bbn", user, password], check=True, capture_output=True, text=True
-    ).stdout
-    path.write_text(out.strip() + "\n")
-    path.chmod(0o600)
-
-
-def _write_config(state_dir: Path, port: int, auth: bool) -> Path:
-    storage = state_dir / "data"
-    storage.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "version: 0.1",
-        "log:",
-        "  level: info",
-        "  formatter: text",
-        "  accesslog:",
-        "    disabled: false",
-        "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {storage}",
-        "  delete:",
-        "    enabled: true",
-        "  maintenance:",
-        "    uploadpurging:",
-        "      enabled: false",
-        "http:",
-        f"  addr: 127.0.0.1:{port}",
-        "  secret: imagegate-test-registry",
-        "  headers:",
-        "    X-Content-Type-Options: [nosniff]",
-    ]
-    if auth:
-        lines += [
-            "auth:",
-            "  htpasswd:",
-            "    realm: imagegate-test",
-            f"    path: {state_dir / HTPASSWD_FILE}",
-        ]
-    config = state_dir / CONFIG_FILE
-    config.write_text("\n".join(lines) + "\n")
-    return config
-
-
-def _ready(url: str) -> bool:
-    """``GET /v2/`` answers 200, or 401 when auth is on: the registry is serving."""
-    try:
-        with urllib.request.urlopen(f"{url}/v2/", timeout=1.0) as resp:
-            return int(resp.status) == 200
-    except urllib.error.HTTPError as e:
-        return e.code == 401
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_registry(
-    state_dir: str | os.PathLike[str],
-    port: int = 0,
-    htpasswd: tuple[str, str] | None = None,
-    *,
-    timeout: float = 30.0,
-) -> RegistryProcess:
-    """Start a registry storing under ``state_dir``, on 127.0.0.1:``port`` (0: a free port).
-
-    With ``htpasswd=(user, password)`` the registry asks for Basic credentials (bcrypt
-    htpasswd file made with ``htpasswd -Bbn``). Returns once ``GET /v2/`` answers.
-    Raises ``RegistryNotInstalledError`` when the binary is missing and ``RegistryError``
-    (with the log tail) when it does not come up.
-    """
-    binary = find_registry_binary()
-    state = Path(state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    if htpasswd is not None:
-        _make_htpasswd(state / HTPASSWD_FILE, *htpasswd)
-    attempts = 1 if port else 3  # a free port can be taken by someone else before we bind it
-    last_error: RegistryError | None = None
-    for _ in range(attempts):
-        try:
-            return _start_once(binary, state, port or free_port(), htpasswd, timeout)
-        except RegistryError as e:
-            last_error = e
-            if "address already in use" not in str(e):
-                raise
-    assert last_error is not None
-    raise last_error
-
-
-def _start_once(
-    binary: str, state: Path, port: int, htpasswd: tuple[str, str] | None, timeout: float
-) -> RegistryProcess:
-    config = _write_config(state, port, auth=htpasswd is not None)
-    log_path = state / LOG_FILE
-    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by RegistryProcess, closed in stop()
-    proc = subprocess.Popen(
-        [binary, "serve", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # not killed by the caller's Ctrl-C / process group
-    )
-    reg = RegistryProcess(
-        host=f"127.0.0.1:{port}",
-        state_dir=state,
-        config_path=config,
-        log_path=log_path,
-        pid=proc.pid,
-        credentials=htpasswd,
-        _process=proc,
-        _log_file=log_file,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            reg.stop()
-            raise RegistryError(
-                f"registry exited with code {proc.returncode} on {reg.host}; "
-                f"log {log_path}:\n{reg.log_tail()}"
-            )
-        if _ready(reg.url):
-            (state / PID_FILE).write_text(f"{proc.pid}\n")
-            (state / HOST_FILE).write_text(f"{reg.host}\n")
-            return reg
-        time.sleep(0.05)
-    reg.stop()
-    raise RegistryError(
-        f"registry on {reg.host} did not answer GET /v2/ within {timeout:.0f}s; "
-        f"log {log_path}:\n{reg.log_tail()}"
-    )
-
-
-def attach(state_dir: str | os.PathLike[str]) -> RegistryProcess | None:
-    """The registry that ``start`` left running under ``state_dir``, or None."""
-    state = Path(state_dir).resolve()
-    try:
-        pid = int((state / PID_FILE).read_text().strip())
-        host = (state / HOST_FILE).read_text().strip()
-    except (FileNotFoundError, ValueError):
-        return None
-    config = state / CONFIG_FILE
-    if not _pid_is_registry(pid, config):
-        return None
-    return RegistryProcess(
-        host=host, state_dir=state, config_path=config, log_path=state / LOG_FILE, pid=pid
-    )
-
-
-def _default_state() -> str:
-    return str(Path(os.environ.get("IMAGEGATE_STATE", "/tmp/imagegate")) / "registry")
+from tests.support import registry as harness
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="hack/registry.py", description="A local Distribution registry for imagegate."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start a registry in the background (idempotent)")
     start.add_argument("--port", type=int, default=5001, help="0 picks a free port")
     start.add_argument("--htpasswd", metavar="USER:PASS", help="require Basic auth")
     for p in (start, sub.add_parser("stop"), sub.add_parser("status")):
-        p.add_argument("--state", default=_default_state(), help="state directory")
+        p.add_argument("--state", default=str(harness.default_state()), help="state directory")
     args = parser.parse_args(argv)
 
-    running = attach(args.state)
+    running = harness.attach(args.state)
     if args.command == "status":
-        if running is None or not _ready(running.url):
+        if running is None or not running.ready():
             print(f"no registry running for {args.state}", file=sys.stderr)
             return 1
         print(running.host)
@@ -484,16 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--htpasswd wants USER:PASS")
         creds = (user, password)
     if running is not None:
-        if args.port in (0, running.port) and _ready(running.url):
+        if args.port in (0, running.port) and running.ready():
             print(running.host)
             print(f"registry already running (pid {running.pid})", file=sys.stderr)
             return 0
         running.stop()
     try:
-        reg = start_registry(args.state, args.port, creds)
-    except RegistryError as e:
+        reg = harness.start_registry(args.state, args.port, creds)
+    except harness.RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, RegistryNotInstalledError) else 1
+        return 2 if isinstance(e, harness.RegistryNotInstalledError) else 1
     reg.detach()
     print(reg.host)
     print(f"registry pid {reg.pid} on {reg.url}; log {reg.log_path}", file=sys.stderr)

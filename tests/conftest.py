@@ -1,62 +1,51 @@
 """Shared test harness: real Docker engine, real Distribution registries, fixture images.
 
-Session fixtures (request them by name from any test):
+The harnesses and helpers themselves live in ``tests/support`` (importable because the
+repository root is on pytest's ``pythonpath``). Session fixtures (request them by name from any
+test):
 
 * ``docker_client`` — ``docker.DockerClient`` from the environment, pinged.
-* ``registry`` — a plain registry (``hack.registry.RegistryProcess``: ``.host``, ``.url``,
-  ``.log_path``, ``.log_offset()``, ``.count_requests(...)``).
+* ``registry`` — a plain registry (``tests.support.registry.RegistryProcess``: ``.host``,
+  ``.url``, ``.log_path``, ``.log_offset()``, ``.count_requests(...)``).
 * ``auth_registry`` — a registry asking for Basic credentials ``AUTH_USER``/``AUTH_PASSWORD``
   (``alice``/``wonderland``); ``auth_registry.credentials`` holds them.
+* ``private_image`` — ``"<auth_registry.host>/private/good:1"``, the ``good`` fixture pushed
+  there (the engine is logged in to ``auth_registry``).
 * ``fixture_images`` — ``{name: "<registry.host>/fixtures/<name>:1"}`` for ``base`` and every
   name in ``tests.fixtures.images.DERIVED``, built by the engine and pushed to ``registry``.
 * ``multiarch_ref`` — ``"<registry.host>/fixtures/multi:multi"``, an OCI image index of
   ``good`` (amd64) and an arm64/v8 twin.
+* ``helm`` — the path of the pinned ``helm`` binary (``tests.support.tools``).
 
-A missing part (engine, registry binary, htpasswd, static busybox) skips the test with the
-reason locally, and fails it under ``CI=true`` (DESIGN.md §5: never pass silently).
+A missing part (engine, registry binary, htpasswd, static busybox, helm) skips the test with the
+reason locally, and fails it under ``CI=true`` (``tests.support.parts.missing_part``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # makes `hack.registry` and `tests.fixtures.images` importable
-    sys.path.insert(0, str(ROOT))
-
-from hack.registry import (  # noqa: E402
+from tests.fixtures.images import FixtureBuildError, make_multiarch_index, push_copy
+from tests.support.parts import missing_part, push_fixtures
+from tests.support.registry import (
     RegistryError,
     RegistryNotInstalledError,
     RegistryProcess,
     start_registry,
 )
-from tests.fixtures.images import (  # noqa: E402
-    FixtureBuildError,
-    build_fixtures,
-    make_multiarch_index,
-)
+from tests.support.summary import write_sections
+from tests.support.tools import require_helm
 
 AUTH_USER = "alice"
 AUTH_PASSWORD = "wonderland"
 MULTIARCH_REPO = "fixtures/multi"
 
 
-def in_ci() -> bool:
-    """True when running under CI (``CI=true``, as CI systems set it)."""
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def missing_part(reason: str) -> NoReturn:
-    """A needed real part is missing: fail under CI, skip (with the reason) locally."""
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    write_sections(terminalreporter)
 
 
 @pytest.fixture(scope="session")
@@ -91,41 +80,34 @@ def _start(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs: Any) -
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """A real Distribution registry on 127.0.0.1 (free port), no auth, access log on."""
-    reg = _start(tmp_path_factory, "registry")
-    try:
+    with _start(tmp_path_factory, "registry") as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """A real registry that asks for Basic credentials alice/wonderland (bcrypt htpasswd)."""
-    reg = _start(tmp_path_factory, "auth-registry", htpasswd=(AUTH_USER, AUTH_PASSWORD))
-    try:
+    with _start(tmp_path_factory, "auth-registry", htpasswd=(AUTH_USER, AUTH_PASSWORD)) as reg:
         yield reg
-    finally:
-        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def private_image(
+    docker_client: Any, auth_registry: RegistryProcess, fixture_images: dict[str, str]
+) -> str:
+    """The ``good`` fixture (built for ``fixture_images``) in ``auth_registry``
+    (``private/good:1``), pushed with its credentials; the engine stays logged in there."""
+    user, password = auth_registry.credentials or ("", "")
+    docker_client.login(username=user, password=password, registry=auth_registry.host, reauth=True)
+    repo = f"{auth_registry.host}/private/good"
+    push_copy(docker_client, "good", repo, "1")
+    return f"{repo}:1"
 
 
 @pytest.fixture(scope="session")
 def fixture_images(docker_client: Any, registry: RegistryProcess) -> dict[str, str]:
     """Every fixture image built by the engine and pushed to ``registry``: name → ref:tag."""
-    return push_fixtures(docker_client, registry.host, lambda: registry.log_tail())
-
-
-def push_fixtures(
-    docker_client: Any, host: str, log_tail: Callable[[], str] | None = None
-) -> dict[str, str]:
-    """``build_fixtures`` for a test: a missing static busybox is a missing part, any other
-    failure fails the test (with the registry's log, when there is one)."""
-    try:
-        return build_fixtures(docker_client, host)
-    except FixtureBuildError as e:
-        if "busybox" in str(e) and "install-deps" in str(e):
-            missing_part(str(e))
-        tail = f"\nregistry log tail:\n{log_tail()}" if log_tail else ""
-        pytest.fail(f"fixture images: {e}{tail}", pytrace=False)
+    return push_fixtures(docker_client, registry.host, registry.log_tail)
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +117,9 @@ def multiarch_ref(registry: RegistryProcess, fixture_images: dict[str, str]) -> 
         return make_multiarch_index(registry.url, MULTIARCH_REPO, fixture_images["good"])
     except FixtureBuildError as e:
         pytest.fail(f"multi-arch index: {e}")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The pinned ``helm`` binary (``$IMAGEGATE_TOOLS_BIN``, else ``PATH``)."""
+    return require_helm()

@@ -1,16 +1,12 @@
 """Helm chart test harness: a real `helm` binary and rendered manifests.
 
-``helm`` is found in ``$IMAGEGATE_TOOLS_BIN`` (where ``hack/build-tools.sh`` puts the Helm built
-from its Go module at the version pinned in the repository; when unset, the directory
-``hack/tools-env.sh --no-build`` prints), else on ``PATH``. Missing: the tests skip locally and
-fail under ``CI=true`` (``missing_part``).
+``helm`` (the session fixture of ``tests/conftest.py``) is the pinned binary that
+``tests.support.tools.find_helm`` finds. Missing: the tests skip locally and fail under
+``CI=true`` (``missing_part``).
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,38 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, missing_part
+from tests.support.paths import CHART
 
-CHART = ROOT / "charts" / "imagegate"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.30.0"
 NAMESPACE = "imagegate-system"
 RELEASE = "ig"
-
-
-def _tools_bin() -> str:
-    """$IMAGEGATE_TOOLS_BIN, else where `hack/tools-env.sh --no-build` says the tools are."""
-    tools = os.environ.get("IMAGEGATE_TOOLS_BIN", "").strip()
-    script = ROOT / "hack" / "tools-env.sh"
-    if tools or not script.is_file():
-        return tools
-    proc = subprocess.run(
-        [str(script), "--no-build"], capture_output=True, text=True, timeout=30, check=False
-    )
-    prefix = "export IMAGEGATE_TOOLS_BIN="
-    for line in proc.stdout.splitlines():
-        if line.startswith(prefix):
-            return shlex.split(line[len(prefix) :])[0] if line[len(prefix) :] else ""
-    return ""
-
-
-def find_helm() -> str | None:
-    tools = _tools_bin()
-    if tools:
-        candidate = Path(tools) / "helm"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("helm")
 
 
 @dataclass(frozen=True)
@@ -82,17 +52,6 @@ class HelmError(AssertionError):
     def __init__(self, args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> None:
         super().__init__(f"helm {' '.join(args)} → exit {proc.returncode}\n{proc.stderr}")
         self.stderr = proc.stderr
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    path = find_helm()
-    if path is None:
-        missing_part(
-            "no helm binary: run hack/build-tools.sh (puts it in $IMAGEGATE_TOOLS_BIN, "
-            "see hack/tools-env.sh) or put helm on PATH"
-        )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART
 from tests.chart.schemas import (
     crd_schemas,
     load_crds,
     structural_problems,
     validate_custom_resource,
 )
-from tests.conftest import ROOT
+from tests.support.paths import CHART, ROOT
 from webhook.crds import crd_file_name, render_crds
 from webhook.policy.model import ImagePolicy
 

@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from tests.chart.conftest import (
-    CHART,
     CI_VALUES,
     KUBE_VERSION,
     NAMESPACE,
@@ -25,7 +24,7 @@ from tests.chart.conftest import (
     Rendered,
 )
 from tests.chart.schemas import load_crds, validate_custom_resource
-from tests.conftest import ROOT
+from tests.support.paths import CHART, ROOT
 from webhook.policy.model import ImagePolicy
 
 Render = Callable[..., Rendered]

@@ -1,24 +1,33 @@
-"""End-to-end harness: a real control plane (etcd + kube-apiserver, ``hack/cluster.py``).
+"""End-to-end harness: a real control plane (etcd + kube-apiserver, ``tests/support/cluster.py``).
 
 Session fixture (request it by name from any test under ``tests/e2e``):
 
-* ``cluster`` — a started ``hack.cluster.Cluster``: ``.kubeconfig`` (admin, ``system:masters``
-  client cert), ``.server`` (``https://127.0.0.1:PORT``), ``.ca_path``, ``.log_dir``,
-  ``.start_seconds``, ``.kubectl(*args, kubeconfig=None, input=None, check=True)``,
+* ``cluster`` — a started ``tests.support.cluster.Cluster``: ``.kubeconfig`` (admin,
+  ``system:masters`` client cert), ``.server`` (``https://127.0.0.1:PORT``), ``.ca_path``,
+  ``.log_dir``, ``.start_seconds``, ``.kubectl(*args, kubeconfig=None, input=None, check=True)``,
   ``.env(kubeconfig=None)`` (environment with ``KUBECONFIG``),
   ``.serviceaccount_kubeconfig(namespace, name)`` (a TokenRequest token kubeconfig for that
   ServiceAccount, created if missing, no permissions until bound). Started once per session,
   stopped at its end; its state dir (PKI, logs, kubeconfigs) is removed when every test passed
   and kept — its path printed in the summary — when one failed.
 
-Function fixture:
+Module fixtures:
 
-* ``namespace`` — a fresh namespace (``e2e-<random>``) for the test; deleted afterwards without
-  waiting (no controller-manager runs, so it stays ``Terminating`` in etcd: harmless).
+* ``installed`` — the chart installed with helm, its webhook (``imagegate serve``) served from
+  the host in url mode with the chart's webhook ServiceAccount (``Install``).
+* ``report_crds`` — the chart's PolicyReport CRDs in the API server.
+
+Function fixtures:
+
+* ``namespace``, ``other_namespace`` — fresh namespaces (``e2e-<random>``) for the test; deleted
+  afterwards without waiting (no controller-manager runs, so they stay ``Terminating`` in etcd:
+  harmless).
+* ``kube`` — imagegate's ``KubernetesCluster`` connected as admin; ``writer`` — its
+  ``ReportWriter`` (with ``report_crds``).
 
 The binaries come from ``hack/build-tools.sh`` (or ``$IMAGEGATE_TOOLS_BIN``,
 ``$KUBEBUILDER_ASSETS``). Missing ones skip these tests with the reason locally and fail them
-under ``CI=true`` (DESIGN.md §5), via ``tests/conftest.py``'s ``missing_part``.
+under ``CI=true`` (DESIGN.md §5), via ``tests.support.parts.missing_part``.
 """
 
 from __future__ import annotations
@@ -26,8 +35,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,25 +43,18 @@ from typing import Any
 import pytest
 import yaml
 
-from hack.cluster import BinaryNotFoundError, Cluster, ClusterError, start_cluster
-from tests.chart.conftest import find_helm
-from tests.conftest import missing_part
-from tests.integration.webhook_server import WebhookServer, free_port, start_webhook
+from tests.support.cluster import BinaryNotFoundError, Cluster, ClusterError, start_cluster
+from tests.support.kube import fresh_namespace
+from tests.support.parts import missing_part
+from tests.support.paths import CHART
+from tests.support.processes import free_port
+from tests.support.summary import section
+from tests.support.tools import require_helm
+from tests.support.webhook import WebhookServer, start_webhook
 from webhook.admission.tls import self_signed
-
-_SUMMARY = pytest.StashKey[list[str]]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_SUMMARY] = []
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    lines = terminalreporter.config.stash.get(_SUMMARY, [])
-    if lines:
-        terminalreporter.section("e2e control plane")
-        for line in lines:
-            terminalreporter.write_line(line)
+from webhook.k8s.cluster import KubernetesCluster
+from webhook.k8s.reports import ReportWriter
+from webhook.report.policyreport import MANAGED_BY, MANAGED_BY_LABEL
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """etcd + kube-apiserver on free loopback ports for the whole session (see module doc)."""
-    summary = request.config.stash[_SUMMARY]
+    summary = section(request.config, "e2e control plane")
     state = tmp_path_factory.mktemp("cluster")
     try:
         started = start_cluster(state)
@@ -98,19 +98,21 @@ def _server_git_version(kubectl_version_json: str) -> str:
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace for one test."""
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    try:
+    with fresh_namespace(cluster, "e2e") as name:
         yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def other_namespace(cluster: Cluster) -> Iterator[str]:
+    """A second fresh namespace for one test."""
+    with fresh_namespace(cluster, "e2e") as name:
+        yield name
 
 
 # ---- imagegate installed with helm, its webhook served from the host (url mode) ----------
 
 RELEASE = "imagegate"
 SYSTEM = "imagegate-system"
-CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
 AUDIT_LABEL = "e2e.imagegate.dev/mode"
 
 
@@ -146,13 +148,9 @@ def run_helm(helm: str, cluster: Cluster, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def installed(
-    cluster: Cluster,
-    fixture_images: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
+    cluster: Cluster, fixture_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Install]:
-    helm = find_helm()
-    if helm is None:
-        missing_part("no helm binary: run hack/build-tools.sh")
+    helm = require_helm()
     directory = tmp_path_factory.mktemp("e2e-webhook")
     cluster.kubectl("delete", "imagepolicies", "--all", check=False)  # a fresh start per module
     certs = self_signed(["127.0.0.1"], directory / "tls")
@@ -202,7 +200,7 @@ def installed(
 
     def start() -> WebhookServer:
         server = start_webhook(directory, ["--policies-from-cluster"], env, certs=certs, port=port)
-        _wait_ready(server)
+        server.wait_ready()
         return server
 
     install = Install(cluster, helm, values, start(), start, directory)
@@ -212,11 +210,54 @@ def installed(
     run_helm(helm, cluster, "uninstall", RELEASE, "--namespace", SYSTEM)
 
 
-def _wait_ready(server: WebhookServer) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with server.client() as http:
-            if http.get("/readyz").status_code == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"the webhook never became ready:\n{server.logs()}")
+# ---- PolicyReports ---------------------------------------------------------------------------
+
+REPORT_CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+@pytest.fixture(scope="module")
+def report_crds(cluster: Cluster, helm: str) -> None:
+    """The chart's PolicyReport CRDs in the API server (kept when already there), labelled as if
+    installed by ``helm install imagegate -n imagegate-system`` (``installed``), so that a later
+    helm install in the same session adopts them instead of refusing them."""
+    if cluster.kubectl("get", "crd", *REPORT_CRDS, check=False).returncode == 0:
+        return
+    rendered = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--namespace", SYSTEM,
+         "--set", "policyReports.installCRDs=true",
+         "--show-only", "templates/policyreport-crds.yaml"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if rendered.returncode != 0:
+        pytest.fail(f"helm template failed:\n{rendered.stderr}", pytrace=False)
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    for doc in docs:
+        meta = doc.setdefault("metadata", {})
+        meta.setdefault("labels", {})["app.kubernetes.io/managed-by"] = "Helm"
+        meta.setdefault("annotations", {}).update(
+            {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": SYSTEM}
+        )
+    assert {d["metadata"]["name"] for d in docs} == set(REPORT_CRDS)
+    manifest = {"apiVersion": "v1", "kind": "List", "items": docs}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    cluster.kubectl(
+        "wait", "--for", "condition=Established", "--timeout", "60s",
+        *(f"crd/{name}" for name in REPORT_CRDS),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def kube(cluster: Cluster) -> Iterator[KubernetesCluster]:
+    """imagegate's Kubernetes client, connected with the admin kubeconfig."""
+    connected = KubernetesCluster.connect(str(cluster.kubeconfig))
+    try:
+        yield connected
+    finally:
+        connected.close()
+
+
+@pytest.fixture
+def writer(kube: KubernetesCluster, report_crds: None) -> ReportWriter:
+    """The operator's PolicyReport writer, on the admin connection."""
+    return ReportWriter(kube.api_client, SELECTOR)

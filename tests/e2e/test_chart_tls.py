@@ -13,10 +13,9 @@ import json
 import pytest
 from cryptography import x509
 
-from hack.cluster import Cluster
-from tests.chart.conftest import find_helm
-from tests.conftest import missing_part
-from tests.e2e.conftest import CHART, run_helm
+from tests.e2e.conftest import run_helm
+from tests.support.cluster import Cluster
+from tests.support.paths import CHART
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +47,8 @@ def _tls(cluster: Cluster) -> tuple[dict[str, str], set[str]]:
 
 
 def test_generated_certificate_survives_upgrades_and_matches_the_ca_bundle(
-    cluster: Cluster,
+    cluster: Cluster, helm: str
 ) -> None:
-    helm = find_helm()
-    if helm is None:
-        missing_part("no helm binary: run hack/build-tools.sh")
     install = ["--namespace", NAMESPACE, "--create-namespace", *QUIET]
     run_helm(helm, cluster, "install", RELEASE, str(CHART), *install)
     try:

@@ -4,7 +4,6 @@ serves server-side dry runs. Every later e2e proof (chart, webhook, operator) re
 
 from __future__ import annotations
 
-import base64
 import http.server
 import json
 import ssl
@@ -19,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
-from hack.cluster import Cluster, issue_cert, make_ca
+from tests.support.cluster import Cluster
+from webhook.admission.tls import self_signed
 
 CRD_GROUP = "e2e.imagegate.dev"
 
@@ -223,17 +222,7 @@ class _WebhookServer:
 
 
 def _serve_webhook(tmp_path: Path, deny_prefix: str) -> Iterator[_WebhookServer]:
-    ca_key, ca_cert = make_ca("e2e-webhook-ca")
-    key, cert = issue_cert(ca_key, ca_cert, "127.0.0.1", hosts=["127.0.0.1"], server=True)
-    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    certs = self_signed(["127.0.0.1"], tmp_path / "tls")
     reviews: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -267,14 +256,14 @@ def _serve_webhook(tmp_path: Path, deny_prefix: str) -> Iterator[_WebhookServer]
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(cert_path), str(key_path))
+    context.load_cert_chain(str(certs.cert), str(certs.key))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield _WebhookServer(
             url=f"https://127.0.0.1:{server.server_address[1]}/validate",
-            ca_bundle=base64.b64encode(ca_cert.public_bytes(serialization.Encoding.PEM)).decode(),
+            ca_bundle=certs.ca_bundle(),
             reviews=reviews,
         )
     finally:

@@ -8,17 +8,16 @@ ServiceAccount token, which proves the chart's RBAC is enough.
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from typing import Any
 
 import pytest
 
-from hack.registry import RegistryProcess
-from tests.e2e.conftest import AUDIT_LABEL, CHART, RELEASE, SYSTEM, Install
-from tests.e2e.manifests import deployment, pod
-from tests.fixtures.images import push_copy
-from tests.integration.webhook_server import WebhookServer
+from tests.e2e.conftest import AUDIT_LABEL, RELEASE, SYSTEM, Install
+from tests.support.kube import fresh_namespace
+from tests.support.manifests import deployment, image_policy, pod
+from tests.support.paths import CHART
+from tests.support.registry import RegistryProcess
+from tests.support.webhook import WebhookServer
 
 pytestmark = pytest.mark.integration
 
@@ -86,39 +85,24 @@ def test_server_side_dry_run_has_no_side_effects(
 def test_audit_mode_admits_and_kubectl_prints_the_warnings(
     installed: Install, fixture_images: dict[str, str]
 ) -> None:
-    namespace = f"audit-{uuid.uuid4().hex[:6]}"
-    installed.kubectl("create", "namespace", namespace)
-    installed.kubectl("label", "namespace", namespace, f"{AUDIT_LABEL}=audit")
-    audit_policy = {
-        "apiVersion": "imagegate.dev/v1alpha1",
-        "kind": "ImagePolicy",
-        "metadata": {"name": f"audit-{namespace}"},
-        "spec": {
-            "mode": "audit",
-            "match": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
-            "rules": {"allowedBases": {"references": [fixture_images["base"]]}},
-        },
-    }
-    assert installed.apply(audit_policy).returncode == 0
-    _wait_for_policy(installed.webhook, audit_policy["metadata"]["name"])
-    answer = installed.apply(deployment("legacy", fixture_images["root-script"]), "-n", namespace)
-    assert answer.returncode == 0, answer.stderr
-    assert "Warning: imagegate (audit): container app: non-root-user:" in answer.stderr
-    assert installed.kubectl("get", "deployment", "legacy", "-n", namespace).returncode == 0
-    assert f"Deployment {namespace}/legacy" in _audit_subjects(installed.webhook)
+    with fresh_namespace(installed.cluster, "audit", {AUDIT_LABEL: "audit"}) as namespace:
+        match = {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}}
+        audit_policy = image_policy(f"audit-{namespace}", match, fixture_images["base"])
+        assert installed.apply(audit_policy).returncode == 0
+        installed.webhook.wait_ready(policy=audit_policy["metadata"]["name"], timeout=15)
+        legacy = deployment("legacy", fixture_images["root-script"])
+        answer = installed.apply(legacy, "-n", namespace)
+        assert answer.returncode == 0, answer.stderr
+        assert "Warning: imagegate (audit): container app: non-root-user:" in answer.stderr
+        assert installed.kubectl("get", "deployment", "legacy", "-n", namespace).returncode == 0
+        assert f"Deployment {namespace}/legacy" in _audit_subjects(installed.webhook)
 
 
 def test_pull_secrets_of_the_pod_and_its_service_account_open_private_images(
-    installed: Install,
-    namespace: str,
-    docker_client: Any,
-    auth_registry: RegistryProcess,
+    installed: Install, namespace: str, auth_registry: RegistryProcess, private_image: str
 ) -> None:
     user, password = auth_registry.credentials or ("", "")
-    docker_client.login(username=user, password=password, registry=auth_registry.host, reauth=True)
-    repo = f"{auth_registry.host}/private/e2e"
-    push_copy(docker_client, "good", repo, "1")
-    image = f"{repo}:1"
+    image = private_image
     installed.kubectl(
         "create", "secret", "docker-registry", "regcred", "-n", namespace,
         f"--docker-server={auth_registry.host}", f"--docker-username={user}",
@@ -175,13 +159,3 @@ def _audit_subjects(server: WebhookServer) -> set[str]:
         if line.startswith("{") and "admission audit record" in line:
             subjects.add(json.loads(line)["subject"])
     return subjects
-
-
-def _wait_for_policy(server: WebhookServer, name: str) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with server.client() as http:
-            if name in http.get("/readyz").json().get("policies", []):
-                return
-        time.sleep(0.2)
-    pytest.fail(f"the webhook never loaded ImagePolicy {name}")

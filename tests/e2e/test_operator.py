@@ -14,32 +14,17 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import AUDIT_LABEL, SYSTEM, Install
-from tests.e2e.manifests import image_rebuild
+from tests.support.manifests import image_policy, image_rebuild, pod
+from tests.support.processes import LoggedProcess, spawn
 
 pytestmark = pytest.mark.integration
 
-
-@dataclass
-class Operator:
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+Operator = LoggedProcess
 
 
 def start_operator(installed: Install, name: str, priority: int) -> Operator:
@@ -55,13 +40,9 @@ def start_operator(installed: Install, name: str, priority: int) -> Operator:
         "IMAGEGATE_OPERATOR_SCAN_SECONDS": "3",
         "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "1",
     }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "operator", "--all-namespaces",
-             "--peering=imagegate", f"--priority={priority}", "--log-format=text"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    return Operator(process, log)
+    argv = [sys.executable, "-m", "webhook", "operator", "--all-namespaces",
+            "--peering=imagegate", f"--priority={priority}", "--log-format=text"]  # fmt: skip
+    return spawn(f"operator-{name}", argv, log, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +51,10 @@ def operators(installed: Install) -> Iterator[list[Operator]]:
     running = [start_operator(installed, "a", 100), start_operator(installed, "b", 200)]
     time.sleep(3)
     for op in running:
-        assert op.process.poll() is None, op.logs()
+        assert op.alive(), op.logs()
     yield running
     for op in running:
-        op.stop()
+        op.stop(20)
 
 
 def wait_for_phase(
@@ -121,20 +102,14 @@ def test_an_image_rebuild_is_reconciled_once_and_swapped_into_new_pods(
 
     deadline = time.monotonic() + 15
     while True:
-        pod = installed.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"swap-{uuid.uuid4().hex[:6]}"},
-                "spec": {"containers": [{"name": "app", "image": source}]},
-            },
-            "-n", namespace, "-o", "json",
-        )  # fmt: skip
-        if pod.returncode == 0 or time.monotonic() > deadline:
+        swapped = installed.apply(
+            pod(f"swap-{uuid.uuid4().hex[:6]}", source), "-n", namespace, "-o", "json"
+        )
+        if swapped.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)  # the webhook re-reads ImageRebuilds every second or so
-    assert pod.returncode == 0, pod.stderr
-    stored = json.loads(pod.stdout)
+    assert swapped.returncode == 0, swapped.stderr
+    stored = json.loads(swapped.stdout)
     assert stored["spec"]["containers"][0]["image"] == status["replacement"]
     record = json.loads(stored["metadata"]["annotations"]["imagegate.dev/mutations"])
     assert record[0]["why"] == "replacement"
@@ -168,33 +143,18 @@ def test_the_background_audit_writes_policy_reports_and_events(
     installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
 ) -> None:
     installed.kubectl("label", "namespace", namespace, f"{AUDIT_LABEL}=audit")
-    audit = {
-        "apiVersion": "imagegate.dev/v1alpha1",
-        "kind": "ImagePolicy",
-        "metadata": {"name": f"audit-{namespace}"},
-        "spec": {
-            "mode": "audit",
-            "match": {"namespaces": [namespace]},
-            "rules": {"allowedBases": {"references": [fixture_images["base"]]}},
-            "remediation": {"auto": True},
-        },
-    }
+    audit = image_policy(
+        f"audit-{namespace}", {"namespaces": [namespace]}, fixture_images["base"],
+        remediation={"auto": True},
+    )  # fmt: skip
     assert installed.apply(audit).returncode == 0
     deadline = time.monotonic() + 20
     while True:  # the webhook re-reads policies every half second
-        pod = installed.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "legacy"},
-                "spec": {"containers": [{"name": "app", "image": fixture_images["zero"]}]},
-            },
-            "-n", namespace,
-        )  # fmt: skip
-        if pod.returncode == 0 or time.monotonic() > deadline:
+        legacy = installed.apply(pod("legacy", fixture_images["zero"]), "-n", namespace)
+        if legacy.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert pod.returncode == 0, pod.stderr
+    assert legacy.returncode == 0, legacy.stderr
     deadline = time.monotonic() + 60
     results: list[dict[str, Any]] = []
     reasons = ""

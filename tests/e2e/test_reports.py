@@ -1,26 +1,20 @@
 """PolicyReports and Events stored in, and read back from, a real API server.
 
 The PolicyReport CRDs come from the chart (`policyReports.installCRDs=true`), rendered with helm
-and applied with kubectl, as a cluster without Kyverno would get them.
+and applied with kubectl, as a cluster without Kyverno would get them (`report_crds`, in
+`tests/e2e/conftest.py`).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from hack.cluster import Cluster
-from tests.chart.conftest import find_helm
-from tests.conftest import missing_part
-from webhook.k8s.cluster import KubernetesCluster
+from tests.support.cluster import Cluster
 from webhook.k8s.reports import ReportWriter
 from webhook.policy.checker import CheckResult
 from webhook.policy.model import Mode, Severity
@@ -40,75 +34,7 @@ from webhook.report.policyreport import (
 
 pytestmark = pytest.mark.integration
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
-CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
-# As if installed by `helm install imagegate -n imagegate-system` (test_imagegate.py), so that
-# a later helm install in the same session adopts these CRDs instead of refusing them.
-HELM_RELEASE, HELM_NAMESPACE = "imagegate", "imagegate-system"
-SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-def install_report_crds(cluster: Cluster) -> None:
-    """The chart's PolicyReport CRDs in the API server (kept when already there)."""
-    present = cluster.kubectl("get", "crd", *CRDS, check=False)
-    if present.returncode == 0:
-        return
-    helm = find_helm()
-    if helm is None:
-        missing_part("no helm binary: run hack/build-tools.sh")
-    rendered = subprocess.run(
-        [helm, "template", HELM_RELEASE, str(CHART), "--namespace", HELM_NAMESPACE,
-         "--set", "policyReports.installCRDs=true",
-         "--show-only", "templates/policyreport-crds.yaml"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if rendered.returncode != 0:
-        pytest.fail(f"helm template failed:\n{rendered.stderr}", pytrace=False)
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    for doc in docs:
-        meta = doc.setdefault("metadata", {})
-        meta.setdefault("labels", {})["app.kubernetes.io/managed-by"] = "Helm"
-        meta.setdefault("annotations", {}).update(
-            {"meta.helm.sh/release-name": HELM_RELEASE,
-             "meta.helm.sh/release-namespace": HELM_NAMESPACE}
-        )  # fmt: skip
-    assert {d["metadata"]["name"] for d in docs} == set(CRDS)
-    manifest = {"apiVersion": "v1", "kind": "List", "items": docs}
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
-    cluster.kubectl(
-        "wait", "--for", "condition=Established", "--timeout", "60s",
-        *(f"crd/{name}" for name in CRDS),
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def report_crds(cluster: Cluster) -> None:
-    install_report_crds(cluster)
-
-
-@pytest.fixture
-def kube(cluster: Cluster) -> Iterator[KubernetesCluster]:
-    connected = KubernetesCluster.connect(str(cluster.kubeconfig))
-    try:
-        yield connected
-    finally:
-        connected.close()
-
-
-@pytest.fixture
-def writer(kube: KubernetesCluster, report_crds: None) -> ReportWriter:
-    return ReportWriter(kube.api_client, SELECTOR)
-
-
-@pytest.fixture
-def other_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def entry(

@@ -9,15 +9,15 @@ refuse these deliberately bad workloads; the scanner here is told not to honour 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from hack.cluster import Cluster
-from tests.e2e.test_reports import SELECTOR, install_report_crds
+from tests.support.cluster import Cluster
+from tests.support.kube import fresh_namespace
 from webhook.k8s.cluster import KubernetesCluster
 from webhook.k8s.reports import ReportWriter
 from webhook.operator.scan import Scanner, ScanOutcome
@@ -89,24 +89,18 @@ def first_namespace(cluster: Cluster, namespace: str) -> str:
 
 @pytest.fixture
 def second_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, f"{OPT_OUT}=true")
-    try:
+    with fresh_namespace(cluster, "e2e", {OPT_OUT: "true"}) as name:
         yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture
-def policy(fixture_images: dict[str, str]) -> ImagePolicy:
+def audit_policy(base: str) -> ImagePolicy:
     return ImagePolicy.model_validate(
         {
             "metadata": {"name": "scan-e2e"},
             "spec": {
                 "mode": "audit",
                 "rules": {
-                    "allowedBases": {"references": [fixture_images["base"]]},
+                    "allowedBases": {"references": [base]},
                     "sizeBudget": {"maxCompressedSize": "2MB"},
                 },
             },
@@ -114,25 +108,40 @@ def policy(fixture_images: dict[str, str]) -> ImagePolicy:
     )
 
 
-@pytest.fixture
-def kube(cluster: Cluster) -> Iterator[KubernetesCluster]:
-    install_report_crds(cluster)
-    connected = KubernetesCluster.connect(str(cluster.kubeconfig))
-    try:
-        yield connected
-    finally:
-        connected.close()
+@dataclass
+class Scan:
+    """A Scanner with a fresh registry client, the audit policy it scans with, and the cluster,
+    images and (first) namespace of the test."""
+
+    scanner: Scanner
+    writer: ReportWriter
+    policy: ImagePolicy
+    cluster: Cluster
+    images: dict[str, str]
+    namespace: str
+
+    async def run(self) -> ScanOutcome:
+        """One scan, recorded (PolicyReports and Events written)."""
+        outcome = await self.scanner.scan([self.policy])
+        await self.scanner.record(outcome)
+        return outcome
+
+    async def results(self, namespace: str) -> dict[str, Any]:
+        return results_by_resource(await self.writer.read_all(), namespace)
 
 
 @pytest.fixture
-def writer(kube: KubernetesCluster) -> ReportWriter:
-    return ReportWriter(kube.api_client, SELECTOR)
-
-
-@pytest.fixture
-async def scanner(kube: KubernetesCluster, writer: ReportWriter) -> AsyncIterator[Scanner]:
+async def scan(
+    kube: KubernetesCluster,
+    writer: ReportWriter,
+    cluster: Cluster,
+    fixture_images: dict[str, str],
+    first_namespace: str,
+) -> AsyncIterator[Scan]:
     async with RegistryClient(RegistrySettings(), Keyring.empty()) as client:
-        yield Scanner(Checker(client), kube, writer, Keyring.empty(), opt_out_label=None)
+        scanner = Scanner(Checker(client), kube, writer, Keyring.empty(), opt_out_label=None)
+        policy = audit_policy(fixture_images["base"])
+        yield Scan(scanner, writer, policy, cluster, fixture_images, first_namespace)
 
 
 def results_by_resource(outcome_reports: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
@@ -158,15 +167,9 @@ def mine(outcome: ScanOutcome, *namespaces: str) -> set[str]:
 
 
 async def test_scan_reports_each_workload_once_with_results_per_rule(
-    scanner: Scanner,
-    writer: ReportWriter,
-    policy: ImagePolicy,
-    cluster: Cluster,
-    fixture_images: dict[str, str],
-    first_namespace: str,
-    second_namespace: str,
+    scan: Scan, second_namespace: str
 ) -> None:
-    images, namespace = fixture_images, first_namespace
+    cluster, images, namespace = scan.cluster, scan.images, scan.namespace
     apply(cluster, namespace, pod("good", images["good"]))
     apply(cluster, namespace, pod("root", images["root-script"]))
     web = apply(
@@ -186,21 +189,19 @@ async def test_scan_reports_each_workload_once_with_results_per_rule(
     )
     apply(cluster, second_namespace, pod("big", images["big"]))
 
-    outcome = await scanner.scan([policy])
-    await scanner.record(outcome)
+    outcome = await scan.run()
 
     assert mine(outcome, namespace) == {"Pod/good", "Pod/root", "Deployment/web"}
     assert mine(outcome, second_namespace) == {"Deployment/api", "Pod/big"}
     assert outcome.images >= 5
-    reports = await writer.read_all()
-    first = results_by_resource(reports, namespace)
+    first = await scan.results(namespace)
     assert set(first) == {"Pod/good", "Pod/root", "Deployment/web"}
     assert set(first["Pod/good"].values()) == {"pass"}
     assert len(first["Pod/good"]) == 5, "one result per enabled rule"
     assert first["Pod/root"]["non-root-user"] == "fail"
     assert first["Deployment/web"]["single-entrypoint"] == "fail"
     assert first["Deployment/web"]["non-root-user"] == "pass"
-    second = results_by_resource(reports, second_namespace)
+    second = await scan.results(second_namespace)
     assert set(second) == {"Deployment/api", "Pod/big"}
     assert second["Deployment/api"]["non-root-user"] == "fail"
     assert second["Pod/big"]["size-budget"] == "fail"
@@ -217,23 +218,14 @@ async def test_scan_reports_each_workload_once_with_results_per_rule(
     assert "non-root-user" in warned["Pod/root"]
 
 
-async def test_rescan_after_a_workload_is_deleted_removes_its_results(
-    scanner: Scanner,
-    writer: ReportWriter,
-    policy: ImagePolicy,
-    cluster: Cluster,
-    fixture_images: dict[str, str],
-    first_namespace: str,
-) -> None:
-    namespace = first_namespace
-    apply(cluster, namespace, pod("stays", fixture_images["good"]))
-    apply(cluster, namespace, pod("goes", fixture_images["zero"]))
-    await scanner.record(await scanner.scan([policy]))
-    before = results_by_resource(await writer.read_all(), namespace)
-    assert set(before) == {"Pod/stays", "Pod/goes"}
+async def test_rescan_after_a_workload_is_deleted_removes_its_results(scan: Scan) -> None:
+    cluster, namespace = scan.cluster, scan.namespace
+    apply(cluster, namespace, pod("stays", scan.images["good"]))
+    apply(cluster, namespace, pod("goes", scan.images["zero"]))
+    await scan.run()
+    assert set(await scan.results(namespace)) == {"Pod/stays", "Pod/goes"}
 
     cluster.kubectl("delete", "pod", "goes", "-n", namespace)  # never scheduled: gone at once
-    await scanner.record(await scanner.scan([policy]))
+    await scan.run()
 
-    after = results_by_resource(await writer.read_all(), namespace)
-    assert set(after) == {"Pod/stays"}
+    assert set(await scan.results(namespace)) == {"Pod/stays"}

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from hack.registry import RegistryProcess, await_requests
 from tests.fixtures.images import DERIVED, push_copy, push_unique
+from tests.support.registry import RegistryProcess, await_requests
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.registry.client import RegistryClient
@@ -258,13 +258,10 @@ def test_docker_daemon_unknown_image_is_an_error() -> None:
 
 
 def test_auth_registry_uses_docker_config_credentials(
-    docker_client: Any, auth_registry: RegistryProcess, policy_file: Path, tmp_path: Path
+    auth_registry: RegistryProcess, private_image: str, policy_file: Path, tmp_path: Path
 ) -> None:
     user, password = auth_registry.credentials or ("", "")
-    docker_client.login(username=user, password=password, registry=auth_registry.host, reauth=True)
-    repo = f"{auth_registry.host}/private/good"
-    push_copy(docker_client, "good", repo, "1")
-    ref = f"{repo}:1"
+    ref = private_image
 
     anonymous = tmp_path / "anonymous"
     anonymous.mkdir()

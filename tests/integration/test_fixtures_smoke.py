@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hack.registry import RegistryProcess, await_requests, count_requests
 from tests.fixtures.images import DERIVED, MANIFEST_ACCEPT, OCI_INDEX
+from tests.support.registry import RegistryProcess, await_requests, count_requests
 
 pytestmark = pytest.mark.integration
 

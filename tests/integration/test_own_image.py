@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from hack.registry import RegistryProcess
-from tests.conftest import ROOT, missing_part
 from tests.fixtures.images import FixtureBuildError
 from tests.fixtures.own_image import BaseMissingError, OwnImage, build_own_image
+from tests.support.parts import missing_part
+from tests.support.paths import ROOT
+from tests.support.registry import RegistryProcess
 from webhook import __version__
 
 pytestmark = pytest.mark.integration

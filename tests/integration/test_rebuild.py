@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from hack.registry import RegistryProcess
 from tests.fixtures.images import MANIFEST_ACCEPT
+from tests.support.registry import RegistryProcess
 from webhook.errors import Unfixable
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing_part
+from tests.support.parts import missing_part
 from webhook.report.render_html import COLORS, render_html
 from webhook.report.sources import report_from_file
 

@@ -21,7 +21,6 @@ import httpx
 import jsonpatch
 import pytest
 
-from hack.registry import RegistryProcess, await_requests
 from tests.fixtures.images import push_unique
 from tests.integration.reviews import (
     BUILDERS,
@@ -30,7 +29,8 @@ from tests.integration.reviews import (
     realistic_pod_review,
     review,
 )
-from tests.integration.webhook_server import WebhookServer, start_webhook
+from tests.support.registry import RegistryProcess, await_requests
+from tests.support.webhook import WebhookServer, start_webhook
 from webhook.admission.tls import self_signed
 
 pytestmark = pytest.mark.integration

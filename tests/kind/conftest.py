@@ -51,18 +51,19 @@ import httpx
 import pytest
 import yaml
 
-from tests.chart.conftest import find_helm
-from tests.conftest import ROOT, missing_part, push_fixtures
-from tests.e2e.manifests import pod
 from tests.fixtures.images import FixtureBuildError
 from tests.fixtures.own_image import BaseMissingError, OwnImage, build_own_image
 from tests.kind.harness import RELEASE, SYSTEM, Kind, KubectlError, restarts
+from tests.support import kube
+from tests.support.manifests import image_policy, pod
+from tests.support.parts import missing_part, push_fixtures
+from tests.support.paths import CHART
+from tests.support.summary import section
 from webhook import __version__
 
 CONTEXT = os.environ.get("IMAGEGATE_KIND_CONTEXT", "kind-imagegate")
 REGISTRY = os.environ.get("IMAGEGATE_KIND_REGISTRY", "localhost:5001")
 REGISTRY_INTERNAL = os.environ.get("IMAGEGATE_KIND_REGISTRY_INTERNAL", "kind-registry:5000")
-CHART = ROOT / "charts" / "imagegate"
 IMAGE_TAG = f"{__version__}-kind"
 AUDIT_LABEL = "kind.imagegate.dev/mode"
 AUDIT_POLICY = "kind-audit"
@@ -75,26 +76,16 @@ MODULE_ORDER = (
     "test_failure_policy",
     "test_upgrade",
 )
-SUMMARY = pytest.StashKey[list[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kind: needs the kind cluster (make kind-up)")
-    config.stash[SUMMARY] = []
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    lines = terminalreporter.config.stash.get(SUMMARY, [])
-    if lines:
-        terminalreporter.section("kind cluster")
-        for line in lines:
-            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
 def summary(request: pytest.FixtureRequest) -> list[str]:
     """Lines printed in the `kind cluster` section at the end of the run."""
-    return request.config.stash[SUMMARY]
+    return section(request.config, "kind cluster")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -116,13 +107,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kind(tmp_path_factory: pytest.TempPathFactory) -> Kind:
+def kind(tmp_path_factory: pytest.TempPathFactory, helm: str) -> Kind:
     """The kind cluster, reachable and with its nodes Ready, and its registry answering."""
     if shutil.which("kubectl") is None:
         missing_part("no kubectl on PATH")
-    helm = find_helm()
-    if helm is None:
-        missing_part("no helm binary: run hack/build-tools.sh")
     view = subprocess.run(
         ["kubectl", "config", "view", "--raw", "--minify", "--context", CONTEXT],
         capture_output=True, text=True, timeout=30, check=False,
@@ -335,13 +323,9 @@ def _every_pod_ready_without_restarts(release: Release) -> None:
 
 @contextlib.contextmanager
 def fresh_namespace(kind: Kind, labels: dict[str, str]) -> Iterator[str]:
-    """A namespace ``kind-<random>`` with ``labels``, deleted (without waiting) afterwards."""
-    name = f"kind-{uuid.uuid4().hex[:8]}"
-    manifest = {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": name, "labels": labels}}  # fmt: skip
-    answer = kind.apply(manifest)
-    assert answer.returncode == 0, answer.stderr
-    try:
+    """A namespace ``kind-<random>`` with ``labels`` (``tests.support.kube.fresh_namespace``:
+    deleted without waiting afterwards), once its ServiceAccount ``default`` exists."""
+    with kube.fresh_namespace(kind, "kind", labels) as name:
         # Pods are refused until the ServiceAccount controller has made `default`.
         kind.wait_for(
             f"ServiceAccount default in {name}",
@@ -349,8 +333,6 @@ def fresh_namespace(kind: Kind, labels: dict[str, str]) -> Iterator[str]:
             30,
         )
         yield name
-    finally:
-        kind.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -363,17 +345,8 @@ def namespace(kind: Kind, release: Release) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def audit_policy(kind: Kind, release: Release, kind_images: dict[str, str]) -> Iterator[str]:
     """An audit-mode ImagePolicy for namespaces labelled ``AUDIT_LABEL=audit``."""
-    policy = {
-        "apiVersion": "imagegate.dev/v1alpha1",
-        "kind": "ImagePolicy",
-        "metadata": {"name": AUDIT_POLICY},
-        "spec": {
-            "mode": "audit",
-            "onError": "allow",
-            "match": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
-            "rules": {"allowedBases": {"references": [kind_images["base"]]}},
-        },
-    }
+    match = {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}}
+    policy = image_policy(AUDIT_POLICY, match, kind_images["base"], onError="allow")
     answer = kind.apply(policy)
     assert answer.returncode == 0, answer.stderr
     try:

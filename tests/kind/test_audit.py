@@ -9,8 +9,8 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.e2e.manifests import deployment
 from tests.kind.harness import Kind
+from tests.support.manifests import deployment
 
 
 def test_a_running_workload_in_audit_mode_is_reported_and_imagegate_report_reads_it(

@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.kind.harness import Kind
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "kind.md"
 FENCE = re.compile(r"```(sh|text)\n(.*?)```", re.DOTALL)
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.manifests import pod
 from tests.kind.conftest import Release
 from tests.kind.harness import SYSTEM, Kind
+from tests.support.manifests import pod
 
 
 def scale_webhook(kind: Kind, release: Release, replicas: int) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import base64
 
-from tests.e2e.manifests import pod
 from tests.kind.conftest import Release
 from tests.kind.harness import SYSTEM, Kind
+from tests.support.manifests import pod
 
 
 def test_the_webhook_and_the_operator_run_the_pushed_image_pinned_by_digest(

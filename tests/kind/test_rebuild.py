@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from tests.e2e.manifests import image_rebuild, pod
 from tests.kind.harness import Kind
+from tests.support.manifests import image_rebuild, pod
 
 PAGE = "served by a rebuilt image\n"
 

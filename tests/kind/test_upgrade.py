@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.manifests import image_rebuild, pod
 from tests.kind.conftest import Release, fresh_namespace
 from tests.kind.harness import SYSTEM, Kind
+from tests.support.manifests import image_rebuild, pod
 
 HA = ("webhook.replicas=2", "webhook.podAntiAffinity=soft", "operator.replicas=2")
 DENIED = 'admission webhook "validate.imagegate.dev" denied the request'

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.manifests import deployment, pod
 from tests.kind.conftest import Release, fresh_namespace
 from tests.kind.harness import Kind, container_state
+from tests.support.manifests import deployment, pod
 
 DENIED = 'admission webhook "validate.imagegate.dev" denied the request'
 

@@ -1,4 +1,4 @@
-"""A real `imagegate serve` process (uvicorn, HTTPS, self-signed) for the webhook tests."""
+"""A real `imagegate serve` process (uvicorn, HTTPS) for the webhook, e2e tests and the bench."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from hack.registry import free_port
+from tests.support.processes import LoggedProcess, free_port, spawn
 from webhook.admission.tls import CertFiles
 
 
@@ -21,8 +21,16 @@ from webhook.admission.tls import CertFiles
 class WebhookServer:
     url: str
     ca: Path
-    log: Path
-    process: subprocess.Popen[bytes]
+    proc: LoggedProcess
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.proc.popen is not None
+        return self.proc.popen
+
+    @property
+    def log(self) -> Path:
+        return self.proc.log_path
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=self._trust(), timeout=30, **kwargs)
@@ -34,14 +42,24 @@ class WebhookServer:
         return ssl.create_default_context(cafile=str(self.ca))
 
     def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.proc.logs()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.proc.stop(10)
+
+    def wait_ready(self, policy: str | None = None, timeout: float = 30) -> None:
+        """Wait until ``/readyz`` answers 200 (and lists ImagePolicy ``policy``, when given)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.client() as http:
+                answer = http.get("/readyz")
+            if answer.status_code == 200 and (
+                policy is None or policy in answer.json().get("policies", [])
+            ):
+                return
+            time.sleep(0.2)
+        wanted = f"loaded ImagePolicy {policy}" if policy else "became ready"
+        raise RuntimeError(f"the webhook never {wanted}:\n{self.logs()}")
 
 
 def start_webhook(
@@ -58,7 +76,6 @@ def start_webhook(
     (`IMAGEGATE_WEBHOOK_KUBERNETES=off` unless `env` says otherwise).
     """
     port = port or free_port()
-    log = directory / "serve.log"
     environment = {**os.environ, "IMAGEGATE_WEBHOOK_KUBERNETES": "off", **(env or {})}
     if certs is None:
         tls = ["--self-signed", "--san", "127.0.0.1", "--cert-dir", str(directory / "tls")]
@@ -66,17 +83,14 @@ def start_webhook(
     else:
         assert certs.ca is not None
         tls, ca = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)], certs.ca
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "serve", *tls,
-             "--host", "127.0.0.1", "--port", str(port), *args],
-            stdout=out, stderr=subprocess.STDOUT, env=environment,
-        )  # fmt: skip
-    server = WebhookServer(f"https://127.0.0.1:{port}", ca, log, process)
+    argv = [sys.executable, "-m", "webhook", "serve", *tls,
+            "--host", "127.0.0.1", "--port", str(port), *args]  # fmt: skip
+    proc = spawn("imagegate serve", argv, directory / "serve.log", env=environment)
+    server = WebhookServer(f"https://127.0.0.1:{port}", ca, proc)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"imagegate serve exited {process.returncode}:\n{server.logs()}")
+        if not proc.alive():
+            raise RuntimeError(f"imagegate serve exited {proc.exit_code()}:\n{server.logs()}")
         try:
             with server.client() as http:
                 if http.get("/healthz").status_code == 200:
