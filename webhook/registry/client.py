@@ -99,8 +99,10 @@ class RegistryClient:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.transport = RegistryTransport(settings, keyring, http_transport, timer=timer)
-        self.keyring = self.transport.keyring
+        self.keyring = (
+            keyring if keyring is not None else Keyring.from_docker_config(settings.docker_config)
+        )
+        self.transport = RegistryTransport(settings, self.keyring, http_transport, timer)
         self.stats = self.transport.stats
         self._digests = DigestCache(settings.cache_bytes)
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=65536)

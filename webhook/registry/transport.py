@@ -22,7 +22,6 @@ import email.utils
 import ipaddress
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,20 +111,18 @@ class RegistryTransport:
     `keyring` is the process's credentials; a keyring passed to `request` replaces it for that
     call (callers put pod pull secrets in front: `pod_keyring.merged(transport.keyring)`).
     `http_transport` lets tests inject faults a real registry cannot produce on demand.
+    `RegistryClient` builds it (its constructor has the defaults).
     """
 
     def __init__(
         self,
         settings: RegistrySettings,
-        keyring: Keyring | None = None,
-        http_transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        timer: Callable[[], float] = time.monotonic,
+        keyring: Keyring,
+        http_transport: httpx.AsyncBaseTransport | None,
+        timer: Callable[[], float],
     ) -> None:
         self.settings = settings
-        self.keyring = (
-            keyring if keyring is not None else Keyring.from_docker_config(settings.docker_config)
-        )
+        self.keyring = keyring
         self.stats = RegistryStats()
         self._http = httpx.AsyncClient(
             transport=http_transport,
