@@ -9,6 +9,7 @@
 #                then the whole pytest suite, the in-cluster one (tests/kind) included
 #   make demo    engine, then hack/demo.py (on kind when a node image is cached or pullable)
 #   make bench   engine, then bench/bench_check.py
+#   make fuzz    the admission property test (hypothesis) with a long budget
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -27,7 +28,7 @@ PYTEST_ARGS ?=
 
 export IMAGEGATE_STATE ?= /tmp/imagegate
 
-.PHONY: venv deps engine lint test e2e demo bench
+.PHONY: venv deps engine lint test e2e demo bench fuzz
 
 venv: $(VENV_STAMP)
 
@@ -64,6 +65,10 @@ e2e: engine venv tools
 
 demo: engine venv tools
 	$(VENV)/bin/python hack/demo.py
+
+# The admission property test with a long budget (the suite runs it with a fixed, short one).
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests/unit/test_admission_fuzz.py
 
 bench: engine venv tools
 	$(VENV)/bin/python bench/bench_check.py

@@ -15,6 +15,10 @@ test):
   name in ``tests.fixtures.images.DERIVED``, built by the engine and pushed to ``registry``.
 * ``multiarch_ref`` — ``"<registry.host>/fixtures/multi:multi"``, an OCI image index of
   ``good`` (amd64) and an arm64/v8 twin.
+* ``bad_multiarch_ref`` — ``"<registry.host>/fixtures/multi:bad-arm64"``, an OCI image index
+  whose first entry is ``good`` (amd64) and whose second (arm64/v8) runs as root with
+  ``sh -c 'httpd … & sleep infinity'`` (``shell-chain`` without its USER), then an
+  attestation entry (``unknown/unknown``).
 * ``helm`` — the path of the pinned ``helm`` binary (``tests.support.tools``).
 
 A missing part (engine, registry binary, htpasswd, static busybox, helm) skips the test with the
@@ -28,7 +32,13 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.images import FixtureBuildError, make_multiarch_index, push_copy
+from tests.fixtures.images import (
+    FixtureBuildError,
+    IndexEntry,
+    make_index,
+    make_multiarch_index,
+    push_copy,
+)
 from tests.support.parts import missing_part, push_fixtures
 from tests.support.registry import (
     RegistryError,
@@ -117,6 +127,24 @@ def multiarch_ref(registry: RegistryProcess, fixture_images: dict[str, str]) -> 
         return make_multiarch_index(registry.url, MULTIARCH_REPO, fixture_images["good"])
     except FixtureBuildError as e:
         pytest.fail(f"multi-arch index: {e}")
+
+
+@pytest.fixture(scope="session")
+def bad_multiarch_ref(registry: RegistryProcess, fixture_images: dict[str, str]) -> str:
+    """An OCI image index: compliant amd64, root shell-chain arm64/v8, an attestation."""
+    entries = [
+        IndexEntry(fixture_images["good"], {"os": "linux", "architecture": "amd64"}),
+        IndexEntry(
+            fixture_images["shell-chain"],
+            {"os": "linux", "architecture": "arm64", "variant": "v8"},
+            {"User": ""},
+        ),
+        IndexEntry(fixture_images["good"], {"os": "unknown", "architecture": "unknown"}),
+    ]
+    try:
+        return make_index(registry.url, MULTIARCH_REPO, entries, tag="bad-arm64")
+    except FixtureBuildError as e:
+        pytest.fail(f"multi-arch index with a bad arm64 image: {e}")
 
 
 @pytest.fixture(scope="session")

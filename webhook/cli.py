@@ -87,7 +87,8 @@ def check(
     platform: Annotated[
         str | None,
         typer.Option(
-            help="os/arch or os/arch/variant to check (default: policy's, else this machine's)."
+            help="Check only this os/arch or os/arch/variant of an index (default: every runnable "
+            "platform the policies allow)."
         ),
     ] = None,
     allow_base: Annotated[
@@ -121,7 +122,8 @@ def check(
 async def _check(
     settings: Settings, refs: list[str], policies: list[ImagePolicy], platform: Platform | None
 ) -> list[CheckResult]:
-    async with aclosing(ProcessContext.from_settings(settings)) as context:
+    local = ProcessContext.from_settings(settings, local_images=True)
+    async with aclosing(local) as context:
         return await context.checker.check_all(refs, policies, platform)
 
 

@@ -33,18 +33,21 @@ class ProcessContext:
         keyring: Keyring | None = None,
         registry: RegistryClient | None = None,
         result_ttl: float | None = None,
+        local_images: bool = False,
     ) -> ProcessContext:
         """Credentials come from the docker config in settings unless given. Tests may hand
         in a `registry` (one with an injected HTTP transport, say), which the context then
         owns. `result_ttl` overrides how long check results are reused (the tag TTL by
-        default; 0 for a rebuild, which must see fresh answers).
+        default; 0 for a rebuild, which must see fresh answers). `local_images` lets
+        `docker-daemon:` references be read (only `imagegate check` wants that).
         """
         if registry is not None:
             keyring = registry.keyring
         keyring = keyring or Keyring.from_docker_config(settings.registry.docker_config)
         registry = registry or RegistryClient(settings.registry, keyring)
         ttl = settings.registry.tag_ttl_seconds if result_ttl is None else result_ttl
-        return cls(settings, keyring, registry, Checker(registry, settings.check_concurrency, ttl))
+        checker = Checker(registry, settings.check_concurrency, ttl, local_images=local_images)
+        return cls(settings, keyring, registry, checker)
 
     async def aclose(self) -> None:
         await self.registry.aclose()

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     platform: str | None = Field(
-        default=None, description="Platform to check (os/arch[/variant]); default: this machine."
+        default=None,
+        description=(
+            "Only this platform of an index is checked (os/arch[/variant]); default: every "
+            "runnable platform the policies allow."
+        ),
     )
     check_concurrency: int = Field(default=16, gt=0, description="Images checked at once.")

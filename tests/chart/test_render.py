@@ -26,6 +26,7 @@ from tests.chart.conftest import (
 from tests.chart.schemas import load_crds, validate_custom_resource
 from tests.support.paths import CHART, ROOT
 from webhook.policy.model import ImagePolicy
+from webhook.policy.workloads import ADMITTED_RESOURCES
 
 Render = Callable[..., Rendered]
 CRD_SCHEMAS = load_crds(CHART / "crds")
@@ -120,26 +121,36 @@ def test_webhooks_skip_kube_system_own_namespace_and_opted_out(
         }
 
 
-def test_webhooks_cover_pods_and_pod_controllers_on_create_and_update(render: Render) -> None:
-    expected = {
-        ("", "pods"),
-        ("", "replicationcontrollers"),
-        ("apps", "deployments"),
-        ("apps", "replicasets"),
-        ("apps", "statefulsets"),
-        ("apps", "daemonsets"),
-        ("batch", "jobs"),
-        ("batch", "cronjobs"),
-    }
-    rendered = render()
+def _rule_grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(group, version, resource, operation) every rule matches; a rule matches all
+    combinations of its lists, and `pods` does not match `pods/ephemeralcontainers`."""
+    grants = set()
+    for rule in rules:
+        assert rule["scope"] == "Namespaced"
+        for group in rule["apiGroups"]:
+            for version in rule["apiVersions"]:
+                for resource in rule["resources"]:
+                    grants |= {(group, version, resource, op) for op in rule["operations"]}
+    return grants
+
+
+ADMITTED = {(r.group, r.version, r.resource, op) for r in ADMITTED_RESOURCES for op in r.operations}
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *CI_IDS])
+def test_webhook_rules_cover_exactly_what_the_service_checks(
+    render: Render, values: Path | None
+) -> None:
+    """Both webhook configurations are sent every resource and subresource in
+    webhook.policy.workloads.ADMITTED_RESOURCES, on its operations, and nothing else: a kind
+    the service reads but the API server never sends (as `pods/ephemeralcontainers` was) is a
+    way around the gate."""
+    rendered = render(*([values] if values else []))
     for kind in WEBHOOK_KINDS:
         (hook,) = rendered.one(kind)["webhooks"]
-        covered = set()
-        for rule in hook["rules"]:
-            assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
-            covered |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
-        assert covered == expected
+        assert _rule_grants(hook["rules"]) == ADMITTED, kind
         assert hook["admissionReviewVersions"] == ["v1"]
+    assert ("", "v1", "pods/ephemeralcontainers", "UPDATE") in ADMITTED
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,7 @@ def test_facts_match_the_images(fixture_images: dict[str, str], policy_file: Pat
         "name": base,
         "digest": unlabelled["base"]["digest"],
         "evidence": "diff_ids",
+        "verified": True,
     }
     assert unlabelled["base"]["digest"].startswith("sha256:")
     root = by_image[fixture_images["root-script"]]["facts"]

@@ -1,7 +1,8 @@
 """In-process fakes at the seams the decision path already has: no sockets, no threads.
 
-* `FakeRegistry` stands in for the one method `Checker` reaches a registry through
-  (`inspect(reference, platform, keyring)`): it answers `ImageFacts`, or raises the
+* `FakeRegistry` stands in for the two methods `Checker` reaches a registry through
+  (`platforms(reference, keyring)`, the runnable platforms of an `Index`, and
+  `inspect(reference, platform, keyring)`): it answers `ImageFacts`, or raises the
   `webhook.errors` exception a real registry fault turns into. The Checker, the policy
   evaluation and every rule above it are the real ones.
 * `FakeCluster` is a `ClusterReader` and `ClusterInventory` over plain dicts: namespace labels,
@@ -26,6 +27,7 @@ from webhook.errors import (
     ClusterError,
     ImagegateError,
     ImageNotFound,
+    PlatformNotFound,
     RegistryUnauthorized,
     RegistryUnavailable,
 )
@@ -33,13 +35,25 @@ from webhook.k8s.cluster import PullSecret
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.registry.auth import Keyring
-from webhook.registry.facts import ImageFacts, Platform
+from webhook.registry.facts import ImageFacts, Platform, best_match, runnable_platforms
 from webhook.registry.reference import Reference
 
 if TYPE_CHECKING:
     from webhook.registry.client import RegistryClient
 
-Answer = ImageFacts | ImagegateError
+
+@dataclass(frozen=True)
+class Index:
+    """A multi-arch image: `entries` maps each entry's platform (`"linux/arm64/v8"`, also
+    `"unknown/unknown"` for an attestation) to its image, in index order. The registry answers
+    facts with the index `digest` (what a Pod pins) and the entry's platform, choosing the
+    entry as the real client does."""
+
+    entries: Mapping[str, ImageFacts | ImagegateError]
+    digest: str = f"sha256:{'1' * 64}"
+
+
+Answer = ImageFacts | ImagegateError | Index
 REGISTRY = "localhost:5001"
 APPROVED_BASE = "gcr.io/distroless/static-debian12:nonroot"  # matches gcr.io/distroless/*
 BASE_NAME = "org.opencontainers.image.base.name"
@@ -101,14 +115,36 @@ class FakeRegistry:
         """`delays`: seconds before answering; `private`: reference → the only user it
         answers (anyone else gets RegistryUnauthorized, as from a private repository)."""
         self._answers = {str(Reference.parse(k)): v for k, v in answers.items()}
+        # APPROVED_BASE, the base every `image()` claims, has the layers every `image()` starts
+        # with unless a test answers for it; reading it to verify a claim is a `base_reads`
+        # entry, not a `calls` one (the tables list the images inspected).
+        self._implicit_base = str(Reference.parse(APPROVED_BASE))
+        if self._implicit_base in self._answers:
+            self._implicit_base = ""
+        else:
+            self._answers[self._implicit_base] = facts()
+        self.base_reads: list[Inspection] = []
         self._delays = {str(Reference.parse(k)): v for k, v in (delays or {}).items()}
         self._private = {str(Reference.parse(k)): v for k, v in (private or {}).items()}
         self.calls: list[Inspection] = []
+        self.listings: list[str] = []  # references whose platforms the Checker listed
+
+    async def platforms(
+        self, ref: Reference, keyring: Keyring | None = None
+    ) -> tuple[Platform, ...] | None:
+        """An `Index`'s runnable platforms (as `RegistryClient.platforms`); None otherwise
+        (a single-platform image, or one `inspect` will answer with an error)."""
+        self.listings.append(str(ref))
+        answer = self._answers.get(str(ref))
+        if not isinstance(answer, Index):
+            return None
+        return tuple(runnable_platforms(Platform.parse(p) for p in answer.entries))
 
     async def inspect(
         self, ref: Reference, platform: Platform, keyring: Keyring | None = None
     ) -> ImageFacts:
-        self.calls.append(Inspection(str(ref), str(platform), keyring))
+        call = Inspection(str(ref), str(platform), keyring)
+        (self.base_reads if str(ref) == self._implicit_base else self.calls).append(call)
         delay = self._delays.get(str(ref))
         if delay:
             await asyncio.sleep(delay)
@@ -120,6 +156,18 @@ class FakeRegistry:
         answer = self._answers.get(str(ref))
         if answer is None:
             raise ImageNotFound(f"{ref.familiar()}: manifest unknown", str(ref))
+        if isinstance(answer, Index):
+            listed = [Platform.parse(p) for p in answer.entries]
+            chosen = best_match(platform, [p for p in listed if p.os != "unknown"])
+            if chosen is None:
+                raise PlatformNotFound(f"{ref} has no manifest for platform {platform}", str(ref))
+            entry = [p for p in listed if p.os != "unknown"][chosen]
+            found = answer.entries[str(entry)]
+            if isinstance(found, ImagegateError):
+                raise found
+            return dataclasses.replace(
+                found, reference=str(ref), digest=answer.digest, platform=str(entry)
+            )
         if isinstance(answer, ImagegateError):
             raise answer
         return dataclasses.replace(answer, reference=str(ref))
@@ -130,7 +178,7 @@ class FakeRegistry:
 
 
 def checker_for(registry: FakeRegistry) -> Checker:
-    """The real Checker, reading images through the fake (its only registry call)."""
+    """The real Checker, reading images through the fake (its only registry)."""
     return Checker(cast("RegistryClient", registry))
 
 
@@ -179,6 +227,16 @@ class FakeCluster:
     async def list_objects(self, plural: str) -> list[dict[str, Any]]:
         self._fail("list_objects", plural)
         return list(self.objects.get(plural, []))
+
+    async def controller_of(self, namespace: str, ref: dict[str, Any]) -> dict[str, Any] | None:
+        """The listed workload with the reference's uid, in `namespace` (None: no such owner)."""
+        self._fail("controller_of", f"{ref.get('kind')} {ref.get('name')}")
+        for items in self.workloads.values():
+            for obj in items:
+                meta = obj.get("metadata") or {}
+                if meta.get("uid") == ref.get("uid") and meta.get("namespace") == namespace:
+                    return obj
+        return None
 
     async def list_all(
         self, api_version: str, plural: str, page_size: int = 500

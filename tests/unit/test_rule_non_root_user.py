@@ -28,6 +28,12 @@ LENIENT = NonRootUserRule(require_numeric_user=False)
         pytest.param("nobody", STRICT, False, id="named-user-breaks-runAsNonRoot"),
         pytest.param("nobody", LENIENT, True, id="named-user-allowed-when-lenient"),
         pytest.param("app:1000", STRICT, False, id="named-user-numeric-group"),
+        pytest.param("0000", STRICT, False, id="zero-padded-root"),
+        pytest.param("\u00b2", STRICT, False, id="superscript-two-is-not-a-uid"),
+        pytest.param("\u0663", LENIENT, True, id="arabic-indic-digit-is-a-name"),
+        pytest.param("4294967295", STRICT, False, id="uid-minus-one-is-not-a-uid"),
+        pytest.param("9" * 5000, STRICT, False, id="huge-number-is-not-a-uid"),
+        pytest.param("4294967294", STRICT, True, id="largest-uid"),
     ],
 )
 def test_image_user(user: str, rule: NonRootUserRule, passes: bool) -> None:

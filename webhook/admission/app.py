@@ -86,10 +86,12 @@ def create_app(
         )
         ctx = context or ProcessContext.from_settings(settings)
         try:
+            metrics = Metrics(ctx.registry.stats)
             service = AdmissionService(
-                ctx.checker, store, reader, replacements, hook, ctx.keyring, recorder
-            )
-            app.state.parts = Parts(service, Metrics(ctx.registry.stats), store)
+                ctx.checker, store, reader, replacements, hook, ctx.keyring, recorder,
+                count_error=metrics.error,
+            )  # fmt: skip
+            app.state.parts = Parts(service, metrics, store)
             store.start()
             replacements.start()
             if recorder is not None:
@@ -179,7 +181,7 @@ async def _answer(parts: Parts, request: AdmissionRequest, endpoint: str) -> dic
 async def _read_review(request: Request, limit: int) -> AdmissionReview:
     """The review, or BadReview saying what is wrong with it (never a 500)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    if declared is not None and declared.isascii() and declared.isdigit():
         if int(declared) > limit:
             raise TooLarge(f"request body of {declared} bytes is over the {limit} byte limit")
         body = bytearray(await request.body())  # the API server always sends Content-Length

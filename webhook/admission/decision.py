@@ -64,6 +64,8 @@ def problems_of(finding: Finding, policies: Mapping[str, ImagePolicy]) -> list[P
         mode = (
             policies[violation.policy].spec.mode if violation.policy in policies else Mode.enforce
         )
+        if violation.at_most is not None and MODE_RANK[violation.at_most] < MODE_RANK[mode]:
+            mode = violation.at_most
         known = strictest.get(violation.rule)
         if known is None or MODE_RANK[mode] > MODE_RANK[known[1]]:
             strictest[violation.rule] = (violation, mode)

@@ -11,18 +11,26 @@ import asyncio
 import base64
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.admission.decision import Decision, Finding, decide
-from webhook.admission.models import AdmissionRequest, AdmissionResponse
+from webhook.admission.models import AdmissionRequest, AdmissionResponse, Status
 from webhook.errors import ImagegateError
 from webhook.k8s.cluster import ClusterReader
 from webhook.policy.checker import Checker, CheckResult
 from webhook.policy.credentials import pull_keyring
-from webhook.policy.model import ImagePolicy
+from webhook.policy.model import ImagePolicy, OnError
+from webhook.policy.platforms import ANYWHERE, Placement, placement_of
 from webhook.policy.store import PolicyStore
-from webhook.policy.workloads import Container, PodTemplate, changed, pod_template
+from webhook.policy.workloads import (
+    Container,
+    PodTemplate,
+    changed,
+    covered_by_owner,
+    pod_template,
+)
 from webhook.rebuild.replacements import Replacements
 from webhook.registry.auth import Keyring
 from webhook.registry.reference import Reference
@@ -44,6 +52,12 @@ class Scope:
     template: PodTemplate
     containers: list[Container]
     policies: list[ImagePolicy]
+    # Policies that select namespaces by label when the labels could not be read: they are
+    # decided by their onError, never silently skipped or applied (with the reason).
+    unknown_labels: list[ImagePolicy] = field(default_factory=list)
+    labels_error: str = ""
+    # Where the Pod may be scheduled (os/arch): which platforms of an index can run.
+    placement: Placement = ANYWHERE
 
 
 class AdmissionService:
@@ -56,6 +70,8 @@ class AdmissionService:
         settings: WebhookSettings,
         base_keyring: Keyring,
         recorder: ReportRecorder | None = None,
+        *,
+        count_error: Callable[[str], None] | None = None,
     ) -> None:
         self._checker = checker
         self._policies = policies
@@ -65,16 +81,48 @@ class AdmissionService:
         self._base_keyring = base_keyring
         self._recorder = recorder
         self._exempt = settings.skipped_namespaces
+        self._count_error = count_error or (lambda reason: None)
 
     async def validate(self, request: AdmissionRequest) -> Decision:
+        """The validating answer; never raises, so the webhook never answers a 5xx (which,
+        with `failurePolicy: Ignore`, would admit anything)."""
+        try:
+            return await self._validate(request)
+        except Exception as err:
+            return Decision(self._fallback(request, err))
+
+    async def mutate(self, request: AdmissionRequest) -> AdmissionResponse:
+        """The mutating answer (a JSONPatch or nothing); on an unexpected error, nothing:
+        the validating webhook still decides."""
+        try:
+            return await self._mutate(request)
+        except Exception as err:
+            return self._fallback(request, err, mutating=True)
+
+    def _fallback(
+        self, request: AdmissionRequest, err: Exception, *, mutating: bool = False
+    ) -> AdmissionResponse:
+        """An answer for a request whose evaluation failed outside any one container: the
+        policies' onError decides (deny unless every policy allows), with the reason."""
+        log.exception("admission failed unexpectedly", extra={"error": repr(err)})
+        self._count_error("internal")
+        reason = f"imagegate could not evaluate this object ({type(err).__name__}: {err})"
+        policies = self._policies.policies
+        if mutating or (policies and all(p.spec.on_error is OnError.allow for p in policies)):
+            warnings = None if mutating else [f"{reason}; admitted by onError: allow"[:256]]
+            return AdmissionResponse(uid=request.uid, allowed=True, warnings=warnings)
+        status = Status(code=403, reason="Forbidden", message=f"{reason}; denied by onError: deny")
+        return AdmissionResponse(uid=request.uid, allowed=False, status=status)
+
+    async def _validate(self, request: AdmissionRequest) -> Decision:
         scope = await self._scope(request)
         if scope is None:
             return Decision(AdmissionResponse(uid=request.uid, allowed=True))
         findings = await self._check(scope, request)
-        by_name = {p.name: p for p in scope.policies}
+        by_name = {p.name: p for p in (*scope.policies, *scope.unknown_labels)}
         decision = decide(request.uid, scope.subject, findings, by_name)
         if self._recorder is not None and decision.response.allowed and not request.dry_run:
-            self._record(request, findings, by_name)
+            await self._record(request, findings, by_name)
         if decision.problems and not request.dry_run:
             log.info(
                 "admission audit record",
@@ -96,13 +144,14 @@ class AdmissionService:
             )
         return decision
 
-    def _record(
+    async def _record(
         self, request: AdmissionRequest, findings: list[Finding], policies: dict[str, ImagePolicy]
     ) -> None:
-        """Admitted workloads go into PolicyReports (a Pod with a controller is its owner's)."""
+        """Admitted workloads go into PolicyReports (a Pod its controller made is the
+        controller's, as in the background scan)."""
         obj = request.object or {}
-        meta = obj.get("metadata") or {}
-        if any(ref.get("controller") for ref in meta.get("ownerReferences") or []):
+        meta = _metadata(obj)
+        if await self._owner_accounts_for(request, obj, findings):
             return
         workload = WorkloadRef(
             api_version=str(obj.get("apiVersion", "")),
@@ -116,7 +165,35 @@ class AdmissionService:
             [ReportEntry.create(workload, f.container.name, f.result, policies) for f in findings]
         )
 
-    async def mutate(self, request: AdmissionRequest) -> AdmissionResponse:
+    async def _owner_accounts_for(
+        self, request: AdmissionRequest, obj: dict[str, Any], findings: list[Finding]
+    ) -> bool:
+        """Whether the object's controller reports what it runs. A passing object needs no
+        report of its own; for the rest the ownerReference is a claim, checked like the
+        scan checks it (the owner exists with that uid, makes such objects, holds the images)."""
+        refs = _metadata(obj).get("ownerReferences")
+        ref = next(
+            (
+                r
+                for r in (refs if isinstance(refs, list) else [])
+                if isinstance(r, dict) and r.get("controller") is True
+            ),
+            None,
+        )
+        if ref is None:
+            return False
+        if all(f.result.verdict == "pass" for f in findings):
+            return True
+        try:
+            owner = await self._cluster.controller_of(request.namespace or "", ref)
+        except ImagegateError as err:
+            log.warning(
+                "controller unavailable; recording the object itself", extra={"error": str(err)}
+            )
+            return False
+        return owner is not None and covered_by_owner({**obj, "kind": request.kind.kind}, owner)
+
+    async def _mutate(self, request: AdmissionRequest) -> AdmissionResponse:
         scope = await self._scope(request)
         if scope is None:
             return AdmissionResponse(uid=request.uid, allowed=True)
@@ -171,10 +248,14 @@ class AdmissionService:
         containers = (
             changed(template, old) if request.operation == "UPDATE" else template.containers
         )
+        placement = placement_of(request.kind.kind, request.object)
+        if old is not None and placement != placement_of(request.kind.kind, request.old_object):
+            containers = template.containers  # other nodes may run other platforms of an index
         if not containers:
             return None
         namespace = request.namespace or None
         labels: dict[str, str] = {}
+        labels_error = ""
         if namespace is not None:
             if namespace in self._exempt:
                 return None
@@ -182,33 +263,53 @@ class AdmissionService:
                 labels = await self._cluster.namespace_labels(namespace)
             except ImagegateError as err:
                 log.warning("namespace labels unavailable", extra={"error": str(err)})
+                labels_error = f"the labels of namespace {namespace} could not be read ({err})"
             if labels.get(self._settings.opt_out_label) == "true":
                 return None
-        name = (
-            request.name
-            or (request.object.get("metadata") or {}).get("name")
-            or ((request.object.get("metadata") or {}).get("generateName", "") + "*")
-        )
+        policies = self._policies.policies
+        unknown = [p for p in policies if labels_error and p.selects_namespaces_by_label]
+        meta = _metadata(request.object)
+        name = request.name or meta.get("name") or f"{meta.get('generateName', '')}*"
         subject = f"{request.kind.kind} {namespace + '/' if namespace else ''}{name}"
-        return Scope(subject, namespace, labels, template, containers, self._policies.policies)
+        known = [p for p in policies if p not in unknown]
+        return Scope(
+            subject, namespace, labels, template, containers, known, unknown, labels_error,
+            placement,
+        )  # fmt: skip
 
     async def _check(self, scope: Scope, request: AdmissionRequest) -> list[Finding]:
         """Check every container's image within the time budget; late ones become errors."""
+        unknown = self._unknown_label_findings(scope)
         known = [self._cached(scope, c) for c in scope.containers]
         if all(k is not None for k in known):  # the warm path: no lookups, no tasks
-            return [Finding(c, k) for c, k in zip(scope.containers, known, strict=True) if k]
-        keyring = await self._keyring(scope)
+            cached = [Finding(c, k) for c, k in zip(scope.containers, known, strict=True) if k]
+            return cached + unknown
+        try:
+            keyring = await self._keyring(scope)
+        except ImagegateError as err:  # a malformed pull secret: the kubelet cannot pull either
+            reason = f"cannot use the pod's pull secrets: {err}"
+            return [self._error(scope, c, reason) for c in scope.containers] + unknown
         budget = self._settings.request_budget_seconds
 
         async def one(container: Container) -> Finding:
-            result = await self._checker.check(
-                container.image,
-                scope.policies,
-                container=container.context,
-                keyring=keyring,
-                namespace=scope.namespace,
-                namespace_labels=scope.labels,
-            )
+            try:
+                result = await self._checker.check(
+                    container.image,
+                    scope.policies,
+                    container=container.context,
+                    keyring=keyring,
+                    namespace=scope.namespace,
+                    namespace_labels=scope.labels,
+                    placement=scope.placement,
+                )
+            except Exception as err:  # a bug for one image is that image's onError decision
+                log.exception(
+                    "checking an image failed unexpectedly", extra={"image": container.image}
+                )
+                self._count_error("internal")
+                return self._error(
+                    scope, container, f"internal error ({type(err).__name__}: {err})"
+                )
             return Finding(container, result)
 
         tasks = [asyncio.ensure_future(one(c)) for c in scope.containers]
@@ -220,21 +321,37 @@ class AdmissionService:
             if task in done:
                 findings.append(task.result())
                 continue
-            applicable = [
-                p.name
-                for p in scope.policies
-                if p.applies_to(container.image, scope.namespace, scope.labels)
-            ]
             message = (
                 f"not inspected within the {budget:g} s admission budget "
                 "(the registry is slow or unreachable)"
             )
-            findings.append(
-                Finding(
-                    container,
-                    CheckResult(container.image, "error", policies=applicable, error=message),
-                )
-            )
+            findings.append(self._error(scope, container, message))
+        return findings + unknown
+
+    def _error(self, scope: Scope, container: Container, message: str) -> Finding:
+        """An error result for `container`, decided by the onError of the policies that apply."""
+        applicable = [
+            p.name
+            for p in scope.policies
+            if p.applies_to(container.image, scope.namespace, scope.labels)
+        ]
+        return Finding(
+            container, CheckResult(container.image, "error", policies=applicable, error=message)
+        )
+
+    def _unknown_label_findings(self, scope: Scope) -> list[Finding]:
+        """Error findings for the policies that select namespaces by labels we could not read."""
+        findings: list[Finding] = []
+        for container in scope.containers:
+            names = [
+                p.name
+                for p in scope.unknown_labels
+                if p.may_apply(container.image, scope.namespace)
+            ]
+            if names:
+                message = f"{scope.labels_error}, and the policy selects namespaces by label"
+                result = CheckResult(container.image, "error", policies=names, error=message)
+                findings.append(Finding(container, result))
         return findings
 
     def _cached(self, scope: Scope, container: Container) -> CheckResult | None:
@@ -244,6 +361,7 @@ class AdmissionService:
             container=container.context,
             namespace=scope.namespace,
             namespace_labels=scope.labels,
+            placement=scope.placement,
         )
 
     async def _keyring(self, scope: Scope) -> Keyring:
@@ -254,10 +372,16 @@ class AdmissionService:
         )
 
 
+def _metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object's metadata; a review can carry anything there, and a surprise is no 500."""
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 def _annotation_patch(obj: dict[str, Any], changes: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Record what was changed on the object itself, so `kubectl get -o yaml` explains it."""
     value = json.dumps(changes, separators=(",", ":"))
-    if not (obj.get("metadata") or {}).get("annotations"):
+    if not _metadata(obj).get("annotations"):
         return [
             {"op": "add", "path": "/metadata/annotations", "value": {MUTATIONS_ANNOTATION: value}}
         ]

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from cachetools import TTLCache
 
-from webhook.errors import ClusterError
+from webhook.errors import ClusterError, ClusterNotFound
 from webhook.k8s.calls import call
 from webhook.singleflight import SingleFlight
 
@@ -42,6 +42,18 @@ class PullSecret:
     legacy: bool = False
 
 
+# Controllers that make Pods, ReplicaSets or Jobs from a template (see policy.workloads).
+CONTROLLER_PLURALS = {
+    "ReplicaSet": "replicasets",
+    "Job": "jobs",
+    "StatefulSet": "statefulsets",
+    "DaemonSet": "daemonsets",
+    "ReplicationController": "replicationcontrollers",
+    "Deployment": "deployments",
+    "CronJob": "cronjobs",
+}
+
+
 class ClusterReader(Protocol):
     async def namespace_labels(self, namespace: str) -> dict[str, str]: ...
 
@@ -52,6 +64,8 @@ class ClusterReader(Protocol):
     async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]: ...
 
     async def list_objects(self, plural: str) -> list[dict[str, Any]]: ...
+
+    async def controller_of(self, namespace: str, ref: dict[str, Any]) -> dict[str, Any] | None: ...
 
 
 class NoCluster:
@@ -70,6 +84,9 @@ class NoCluster:
 
     async def list_objects(self, plural: str) -> list[dict[str, Any]]:
         return []
+
+    async def controller_of(self, namespace: str, ref: dict[str, Any]) -> dict[str, Any] | None:
+        return None
 
     async def list_all(
         self, api_version: str, plural: str, page_size: int = 500
@@ -214,28 +231,13 @@ class KubernetesCluster:
         path = f"/{group}/{api_version}/{plural}"
 
         def read() -> list[dict[str, Any]]:
-            import json
-
-            from kubernetes.client.exceptions import ApiException
-
             items: list[dict[str, Any]] = []
             token: str | None = None
             while True:
                 query: list[tuple[str, Any]] = [("limit", page_size)]
                 if token:
                     query.append(("continue", token))
-                request = self._api_client.param_serialize(
-                    method="GET",
-                    resource_path=path,
-                    query_params=query,
-                    header_params={"Accept": "application/json"},
-                    auth_settings=["BearerToken"],
-                )
-                response = self._api_client.call_api(*request)
-                data = response.read()
-                if not 200 <= response.status < 300:
-                    raise ApiException(response.status, response.reason, body=data.decode())
-                page = json.loads(data)
+                page = self._get_json(path, query)
                 kind = str(page.get("kind", ""))
                 item_kind = kind[: -len("List")] if kind.endswith("List") else kind
                 for item in page.get("items") or []:
@@ -247,6 +249,51 @@ class KubernetesCluster:
                     return items
 
         return await call(read, f"list {plural} ({api_version}) in all namespaces")
+
+    async def controller_of(self, namespace: str, ref: dict[str, Any]) -> dict[str, Any] | None:
+        """The object a controller ownerReference of an object in `namespace` names, as plain
+        JSON; None when there is none with that uid (the reference is a false claim)."""
+        api_version, kind, name = (str(ref.get(k) or "") for k in ("apiVersion", "kind", "name"))
+        plural = CONTROLLER_PLURALS.get(kind)
+        if plural is None or not api_version or not name:
+            return None
+        group = "apis" if "/" in api_version else "api"
+        path = f"/{group}/{api_version}/namespaces/{namespace}/{plural}/{name}"
+
+        def read() -> dict[str, Any] | None:
+            obj = self._get_json(path, [], LOOKUP_TIMEOUT)
+            if (obj.get("metadata") or {}).get("uid") != ref.get("uid"):
+                return None
+            obj.setdefault("apiVersion", api_version)
+            obj.setdefault("kind", kind)
+            return obj
+
+        try:
+            return await self._cached(("owner", namespace, path), read, f"read {kind} {name}")
+        except ClusterNotFound:
+            return None
+
+    def _get_json(
+        self, path: str, query: list[tuple[str, Any]], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """One GET answered as raw JSON (no model deserialisation: it is the slow part)."""
+        import json
+
+        from kubernetes.client.exceptions import ApiException
+
+        request = self._api_client.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self._api_client.call_api(*request, _request_timeout=timeout)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(response.status, response.reason, body=data.decode())
+        answer: dict[str, Any] = json.loads(data)
+        return answer
 
     async def namespace_labels_all(
         self, include_terminating: bool = False

@@ -3,8 +3,8 @@
 The background scan reports what runs. A Pod made by a ReplicaSet made by a Deployment is one
 workload, the Deployment: its template is what a person edits, and reporting the Pod and the
 ReplicaSet too would count the same containers three times. So an object whose controller
-(`ownerReferences[].controller: true`) is itself a listed workload is skipped; an object owned
-by something else (a custom controller, an operator's CRD) is reported as itself.
+(`ownerReferences[].controller: true`) is a listed workload that really accounts for it (the
+caller's `covers`) is skipped; anything else is reported as itself.
 
 Lists are paged (`limit`/`continue`, 500 per page) and read as raw JSON.
 """
@@ -12,7 +12,7 @@ Lists are paged (`limit`/`continue`, 500 per page) and read as raw JSON.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -67,13 +67,23 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def top_level(objects: list[dict[str, Any]]) -> list[Workload]:
-    """The objects not controlled by another object of the list, as Workloads."""
-    uids = {str((o.get("metadata") or {}).get("uid", "")) for o in objects} - {""}
+Covers = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+"""`covers(obj, owner)`: whether reporting `owner` accounts for `obj` (see the caller)."""
+
+
+def top_level(objects: list[dict[str, Any]], covers: Covers) -> list[Workload]:
+    """The objects not controlled by another object of the list, as Workloads.
+
+    An object is skipped only when its controller is listed and `covers` it: ownerReferences
+    are written by whoever creates the object, so a claim alone proves nothing.
+    """
+    by_uid = {str((o.get("metadata") or {}).get("uid", "")): o for o in objects}
+    by_uid.pop("", None)
     workloads: list[Workload] = []
     for obj in objects:
-        owner = controller_uid(obj)
-        if owner is not None and owner in uids:
+        owner_uid = controller_uid(obj)
+        owner = by_uid.get(owner_uid) if owner_uid is not None else None
+        if owner is not None and covers(obj, owner):
             continue
         meta = obj.get("metadata") or {}
         workloads.append(
@@ -90,7 +100,7 @@ def top_level(objects: list[dict[str, Any]]) -> list[Workload]:
     return workloads
 
 
-async def list_workloads(cluster: ClusterInventory) -> list[Workload]:
+async def list_workloads(cluster: ClusterInventory, covers: Covers) -> list[Workload]:
     """Every workload in all namespaces, each once at its top-level owner (see module doc).
 
     Raises `ClusterError` when any kind cannot be listed: a partial inventory would make a
@@ -100,4 +110,4 @@ async def list_workloads(cluster: ClusterInventory) -> list[Workload]:
         *(cluster.list_all(version, plural, PAGE_SIZE) for version, plural in WORKLOAD_RESOURCES)
     )
     objects = [obj for items in lists for obj in items]
-    return top_level(objects)
+    return top_level(objects, covers)

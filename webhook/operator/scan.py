@@ -30,7 +30,8 @@ from webhook.policy.checker import Checker, CheckResult
 from webhook.policy.credentials import pull_keyring
 from webhook.policy.model import ImagePolicy
 from webhook.policy.outcome import ContainerContext
-from webhook.policy.workloads import Container, PodTemplate, pod_template
+from webhook.policy.platforms import Placement, placement_of
+from webhook.policy.workloads import Container, PodTemplate, covered_by_owner, pod_template
 from webhook.registry.auth import Keyring
 from webhook.registry.facts import Platform
 from webhook.report.policyreport import ReportEntry, WorkloadRef, build_policy_reports
@@ -70,7 +71,7 @@ class ScanOutcome:
         return found
 
 
-CheckKey = tuple[str, tuple[int, ...], ContainerContext, int]
+CheckKey = tuple[str, tuple[int, ...], ContainerContext, int, Placement]
 KeyringKey = tuple[str, tuple[str, ...], str]
 
 
@@ -105,7 +106,7 @@ class Scanner:
         start = time.perf_counter()
         policies = list(policies)
         workloads, namespaces = await asyncio.gather(
-            list_workloads(self._cluster), self._cluster.namespace_labels_all()
+            list_workloads(self._cluster, covered_by_owner), self._cluster.namespace_labels_all()
         )
         run = _ScanRun(self, policies, namespaces)
         scanned = [w for w in workloads if run.in_scope(w)]
@@ -206,7 +207,11 @@ class _ScanRun:
             return []
         keyring = await self.keyring(workload.namespace, template)
         labels = self.namespaces.get(workload.namespace, {})
-        tasks = [self.check(c, workload.namespace, labels, keyring) for c in template.containers]
+        placement = placement_of(workload.kind, workload.obj)
+        tasks = [
+            self.check(c, workload.namespace, labels, keyring, placement)
+            for c in template.containers
+        ]
         results = await asyncio.gather(*tasks)
         return list(zip(template.containers, results, strict=True))
 
@@ -221,12 +226,17 @@ class _ScanRun:
         )
 
     def check(
-        self, container: Container, namespace: str, labels: dict[str, str], keyring: Keyring
+        self,
+        container: Container,
+        namespace: str,
+        labels: dict[str, str],
+        keyring: Keyring,
+        placement: Placement,
     ) -> Awaitable[CheckResult]:
         image = container.image
         applicable = [p for p in self.policies if p.applies_to(image, namespace, labels)]
         # Keyrings live in self.keyrings for the whole scan, so their ids are not reused.
-        key = (image, tuple(map(id, applicable)), container.context, id(keyring))
+        key = (image, tuple(map(id, applicable)), container.context, id(keyring), placement)
 
         async def run() -> CheckResult:
             async with self.limit:
@@ -238,6 +248,7 @@ class _ScanRun:
                     keyring=keyring,
                     namespace=namespace,
                     namespace_labels=labels,
+                    placement=placement,
                 )
 
         return _once(self.checks, key, run)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cachetools import TTLCache
 
 from webhook.errors import ImagegateError
+from webhook.policy.bases import check_claim
 from webhook.policy.evaluate import evaluate
 from webhook.policy.model import ImagePolicy
 from webhook.policy.outcome import ContainerContext, Violation
+from webhook.policy.platforms import ANYWHERE, Placement, wanted_platforms
 from webhook.policy.rules.allowed_base import KnownBase, concrete_references, identify_base
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
@@ -30,7 +33,12 @@ Verdict = Literal["pass", "fail", "error"]
 
 @dataclass(frozen=True)
 class CheckResult:
-    """One image's verdict, in the JSON shape of DESIGN §3."""
+    """One image's verdict, in the JSON shape of DESIGN §3.
+
+    For a multi-arch index, `platforms` holds the verdict of each platform that was checked
+    (index order); `platform` and `facts` are then those of the first failing platform, else
+    of the first one, and each violation message starts with the platforms it was found on.
+    """
 
     image: str
     verdict: Verdict
@@ -40,6 +48,10 @@ class CheckResult:
     facts: dict[str, Any] = field(default_factory=dict)
     policies: list[str] = field(default_factory=list)
     error: str | None = None
+    platforms: list[CheckResult] = field(default_factory=list)
+    # Rests on a read that failed (a platform or a claimed base that could not be read): right
+    # now, but not reused from the verdict cache, so an outage does not outlive itself.
+    transient: bool = field(default=False, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -53,7 +65,13 @@ class CheckResult:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.platforms:
+            out["platforms"] = [p.platform_json() for p in self.platforms]
         return out
+
+    def platform_json(self) -> dict[str, Any]:
+        """One entry of `platforms`: this platform's verdict, violations and facts."""
+        return {k: v for k, v in self.to_json().items() if k not in ("image", "digest", "policies")}
 
 
 def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
@@ -70,11 +88,23 @@ def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
         ],
         "source": facts.source,
         "labels": facts.labels,
+        **(
+            {"manifestDigest": facts.manifest_digest}
+            if facts.manifest_digest and facts.manifest_digest != facts.digest
+            else {}
+        ),
         **{k: v for k, v in derived.items() if k not in ("base", "user")},
     }
 
 
-ResultKey = tuple[str, tuple[int, ...], Platform, ContainerContext | None]
+ResultKey = tuple[str, tuple[int, ...], Platform | None, Placement, ContainerContext | None]
+
+
+DAEMON_REFUSED = (
+    f"{DAEMON_PREFIX} references name an image in a local Docker engine, which only "
+    "`imagegate check` reads; in a cluster the kubelet would pull "
+    f"docker.io/library/{DAEMON_PREFIX.rstrip(':')}:… instead: use a registry reference"
+)
 
 
 class Checker:
@@ -86,9 +116,18 @@ class Checker:
     """
 
     def __init__(
-        self, client: RegistryClient, concurrency: int = 16, result_ttl: float = 30.0
+        self,
+        client: RegistryClient,
+        concurrency: int = 16,
+        result_ttl: float = 30.0,
+        *,
+        local_images: bool = False,
     ) -> None:
+        """`local_images` lets `docker-daemon:` references read this machine's Docker engine:
+        right for `imagegate check`, wrong in the cluster, where the kubelet would pull
+        docker.io/library/docker-daemon instead of what was checked."""
         self._client = client
+        self._local_images = local_images
         self._limit = asyncio.Semaphore(concurrency)
         # Values hold the policies too, so their ids in the key cannot be reused while cached.
         self._results: TTLCache[ResultKey, tuple[tuple[ImagePolicy, ...], CheckResult]] = TTLCache(
@@ -105,15 +144,21 @@ class Checker:
         keyring: Keyring | None = None,
         namespace: str | None = None,
         namespace_labels: dict[str, str] | None = None,
+        placement: Placement = ANYWHERE,
     ) -> CheckResult:
-        applicable, chosen, known = self._lookup(
-            image, policies, platform, container, namespace, namespace_labels
+        """`platform` checks just that platform of an index (`imagegate check --platform`);
+        without it every platform that can run is checked: those `placement` (where the Pod
+        may be scheduled) and the policies' `platforms` allow (`webhook.policy.platforms`)."""
+        applicable, known = self._lookup(
+            image, policies, platform, placement, container, namespace, namespace_labels
         )
         if known is not None:
             return known
-        result = await self._check(image, applicable, chosen, container, keyring)
-        if result.verdict != "error":  # errors have their own, shorter negative cache
-            key: ResultKey = (image, tuple(map(id, applicable)), chosen, container)
+        result = await self._check_platforms(
+            image, applicable, platform, placement, container, keyring
+        )
+        if result.verdict != "error" and not result.transient:  # errors: a shorter cache below
+            key: ResultKey = (image, tuple(map(id, applicable)), platform, placement, container)
             self._results[key] = (tuple(applicable), result)
         return result
 
@@ -125,25 +170,75 @@ class Checker:
         container: ContainerContext | None = None,
         namespace: str | None = None,
         namespace_labels: dict[str, str] | None = None,
+        placement: Placement = ANYWHERE,
     ) -> CheckResult | None:
         """The verdict when it is known without any I/O (the webhook's fast path), else None."""
-        return self._lookup(image, policies, None, container, namespace, namespace_labels)[2]
+        return self._lookup(
+            image, policies, None, placement, container, namespace, namespace_labels
+        )[1]
 
     def _lookup(
         self,
         image: str,
         policies: Iterable[ImagePolicy],
         platform: Platform | None,
+        placement: Placement,
         container: ContainerContext | None,
         namespace: str | None,
         namespace_labels: dict[str, str] | None,
-    ) -> tuple[list[ImagePolicy], Platform, CheckResult | None]:
+    ) -> tuple[list[ImagePolicy], CheckResult | None]:
         applicable = [p for p in policies if p.applies_to(image, namespace, namespace_labels)]
-        chosen = platform or _policy_platform(applicable) or Platform.host()
         if not applicable:
-            return applicable, chosen, CheckResult(image, "pass")
-        cached = self._results.get((image, tuple(map(id, applicable)), chosen, container))
-        return applicable, chosen, cached[1] if cached is not None else None
+            return applicable, CheckResult(image, "pass")
+        key: ResultKey = (image, tuple(map(id, applicable)), platform, placement, container)
+        cached = self._results.get(key)
+        return applicable, cached[1] if cached is not None else None
+
+    async def _check_platforms(
+        self,
+        image: str,
+        applicable: list[ImagePolicy],
+        platform: Platform | None,
+        placement: Placement,
+        container: ContainerContext | None,
+        keyring: Keyring | None,
+    ) -> CheckResult:
+        """Check each platform that can run (each with the policies that want it) and combine.
+
+        A single-platform manifest, a `docker-daemon:` image and an explicit `platform` are
+        one check, as before. For an index, a policy left with no platform to check is an
+        error (decided by onError): nothing that was checked could run there.
+        """
+        single = platform or _policy_platform(applicable) or Platform.host()
+        if platform is not None or image.startswith(DAEMON_PREFIX):
+            return await self._check(image, applicable, single, container, keyring)
+        names = [p.name for p in applicable]
+        try:
+            async with self._limit:
+                listed = await self._client.platforms(Reference.parse(image), keyring)
+        except ImagegateError as err:
+            return CheckResult(image, "error", policies=names, error=str(err))
+        if listed is None:  # a single-platform manifest: its one platform, whatever it is
+            return await self._check(image, applicable, single, container, keyring)
+        wanted = [wanted_platforms(listed, placement, p.spec.node_platforms) for p in applicable]
+        for policy, found in zip(applicable, wanted, strict=True):
+            if not found:
+                error = _nowhere(listed, placement, policy)
+                return CheckResult(image, "error", policies=names, error=error)
+        checked = [p for p in listed if any(p in found for found in wanted)]
+        results = await asyncio.gather(
+            *(
+                self._check(
+                    image,
+                    [pol for pol, found in zip(applicable, wanted, strict=True) if p in found],
+                    p,
+                    container,
+                    keyring,
+                )
+                for p in checked
+            )
+        )
+        return _combine(image, names, checked, results)
 
     async def _check(
         self,
@@ -154,6 +249,10 @@ class Checker:
         keyring: Keyring | None,
     ) -> CheckResult:
         names = [p.name for p in applicable]
+        if image.startswith(DAEMON_PREFIX) and not self._local_images:
+            return CheckResult(
+                image, "error", platform=str(chosen), policies=names, error=DAEMON_REFUSED
+            )
         try:
             async with self._limit:
                 facts = await inspect_image(image, chosen, self._client, keyring)
@@ -162,6 +261,7 @@ class Checker:
             return CheckResult(image, "error", platform=str(chosen), policies=names, error=str(err))
         violations: list[Violation] = []
         derived: dict[str, Any] = {}
+        transient = False
         for policy in applicable:
             known = await known_bases(self._client, [policy], chosen, keyring, self._limit)
             unreadable = [k for k in known if k.error]
@@ -174,7 +274,11 @@ class Checker:
                     image, "error", digest=facts.digest, platform=facts.platform,
                     policies=names, error=f"cannot read the approved base images ({reasons})",
                 )  # fmt: skip
-            outcome = evaluate(policy, facts, reference, known, container)
+            claim = await check_claim(
+                self._client, policy.spec.rules.allowed_bases, facts, chosen, keyring, self._limit
+            )
+            transient = transient or (claim is not None and claim.status == "unverifiable")
+            outcome = evaluate(policy, facts, reference, known, container, claim)
             violations.extend(outcome.violations)
             derived = outcome.facts | derived
         return CheckResult(
@@ -185,6 +289,7 @@ class Checker:
             violations=violations,
             facts=facts_json(facts, derived),
             policies=names,
+            transient=transient,
         )
 
     async def check_all(
@@ -232,7 +337,63 @@ async def _known_base(
 
 
 def _policy_platform(policies: list[ImagePolicy]) -> Platform | None:
+    """The platform a single-platform check asks for: the first listed by a policy."""
     for policy in policies:
-        if policy.spec.platform:
-            return Platform.parse(policy.spec.platform)
+        if policy.spec.node_platforms:
+            return policy.spec.node_platforms[0]
     return None
+
+
+def _combine(
+    image: str, names: list[str], checked: Sequence[Platform], results: Sequence[CheckResult]
+) -> CheckResult:
+    """One verdict from the verdicts of an index's platforms (in index order).
+
+    A violation found anywhere fails the image; identical violations of several platforms are
+    reported once, their message prefixed with the platforms (`linux/arm64: …`), except
+    `immutable-reference`, which is about the reference, not a platform's image. Without
+    violations, a platform that could not be read makes it an error (onError decides).
+    """
+    found: dict[Violation, list[str]] = {}
+    for plat, result in zip(checked, results, strict=True):
+        for violation in result.violations:
+            found.setdefault(violation, []).append(str(plat))
+    violations = [
+        v
+        if v.rule == "immutable-reference"
+        else dataclasses.replace(v, message=f"{', '.join(plats)}: {v.message}")
+        for v, plats in found.items()
+    ]
+    per_platform = list(results)
+    if not violations:
+        for plat, result in zip(checked, results, strict=True):
+            if result.verdict == "error":
+                return CheckResult(
+                    image, "error", digest=result.digest, platform=str(plat), policies=names,
+                    error=f"{plat}: {result.error}", platforms=per_platform,
+                )  # fmt: skip
+    shown = next((r for r in results if r.verdict == "fail"), results[0])
+    return CheckResult(
+        image=image,
+        verdict="fail" if violations else "pass",
+        digest=shown.digest,
+        platform=shown.platform,
+        violations=violations,
+        facts=shown.facts,
+        policies=names,
+        platforms=per_platform,
+        transient=any(r.transient or r.verdict == "error" for r in results),
+    )
+
+
+def _nowhere(listed: Sequence[Platform], placement: Placement, policy: ImagePolicy) -> str:
+    """Why no platform of an index is left to check for `policy`."""
+    has = ", ".join(map(str, listed)) if listed else "no Linux platform"
+    text = (
+        "no platform of the image can run where the Pod may be scheduled: "
+        f"the index has {has}; the Pod may run on {placement}"
+    )
+    nodes = policy.spec.node_platforms
+    if nodes:
+        text += f"; policy {policy.name} checks the node platforms {', '.join(map(str, nodes))}"
+    return text

@@ -13,7 +13,7 @@ from webhook.policy.rules import (
     single_entrypoint,
     size_budget,
 )
-from webhook.policy.rules.allowed_base import KnownBase
+from webhook.policy.rules.allowed_base import ClaimCheck, KnownBase
 from webhook.registry.facts import ImageFacts
 from webhook.registry.reference import Reference
 
@@ -24,18 +24,20 @@ def evaluate(
     reference: Reference | None,
     known_bases: list[KnownBase],
     container: ContainerContext | None = None,
+    claim: ClaimCheck | None = None,
 ) -> RuleOutcome:
     """Violations of `policy` (tagged with its name) and the facts the rules derived.
 
     `reference` is None for `docker-daemon:` images: a local image has no registry reference
-    to pin, so `immutable-reference` does not apply to it.
+    to pin, so `immutable-reference` does not apply to it. `claim` is the verification of the
+    base the image claims (`webhook.policy.bases.check_claim`); None: nothing was verified.
     """
     rules = policy.spec.rules
     outcomes: list[RuleOutcome] = []
     if rules.non_root_user.enabled:
         outcomes.append(non_root_user.check(rules.non_root_user, facts, container))
     if rules.allowed_bases.enabled:
-        outcomes.append(allowed_base.check(rules.allowed_bases, facts, known_bases))
+        outcomes.append(allowed_base.check(rules.allowed_bases, facts, known_bases, claim))
     if rules.size_budget.enabled:
         outcomes.append(size_budget.check(rules.size_budget, facts))
     if rules.single_entrypoint.enabled:
@@ -48,7 +50,8 @@ def evaluate(
     derived: dict[str, Any] = {}
     for outcome in outcomes:
         violations.extend(
-            Violation(v.rule, v.message, v.severity, policy.name) for v in outcome.violations
+            Violation(v.rule, v.message, v.severity, policy.name, v.at_most)
+            for v in outcome.violations
         )
         derived |= outcome.facts
     return RuleOutcome(violations, derived)

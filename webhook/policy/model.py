@@ -11,7 +11,15 @@ import fnmatch
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from webhook.errors import ImagegateError
@@ -168,6 +176,16 @@ class AllowedBasesRule(_Rule):
         default="deny",
         description="What to do when no evidence tells which base an image was built on.",
     )
+    unverified_claims: Literal["deny", "warn", "allow"] = Field(
+        default="deny",
+        description=(
+            "What to do when the base an image claims (the base.name/base.digest annotation or "
+            "label) cannot be verified against that base's layers: it cannot be read "
+            "(unreachable, not found, no credentials) or its tag now names other layers. deny: "
+            "a violation; warn and allow: admitted, reported as unverified with the reason. A "
+            "claim its base's layers contradict is a violation whatever this says."
+        ),
+    )
 
     @field_validator("references")
     @classmethod
@@ -290,6 +308,9 @@ class Remediation(_Model):
     )
 
 
+_PLATFORM_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$"
+
+
 class PolicySpec(_Model):
     mode: Mode = Field(default=Mode.enforce, description="enforce denies, warn and audit admit.")
     on_error: OnError = Field(
@@ -301,7 +322,17 @@ class PolicySpec(_Model):
     exclude: ResourceFilter = Field(default_factory=ResourceFilter)
     platform: str | None = Field(
         default=None,
-        description="os/arch[/variant] to check in multi-arch images; default: the node's.",
+        description=(
+            "Deprecated: one node platform (os/arch[/variant]), the same as `platforms: [it]`."
+        ),
+    )
+    platforms: list[Annotated[str, Field(pattern=_PLATFORM_PATTERN)]] = Field(
+        default_factory=list,
+        description=(
+            "The platforms (linux/arch[/variant]) of the cluster's nodes: of a multi-arch image, "
+            "the entry each of them would pull (chosen as containerd does) is checked. Empty: "
+            "every Linux platform of the image that can run where the Pod may be scheduled."
+        ),
     )
     rules: Rules = Field(default_factory=Rules)
     remediation: Remediation = Field(default_factory=Remediation)
@@ -315,6 +346,26 @@ class PolicySpec(_Model):
             except ImagegateError as err:
                 raise ValueError(str(err)) from None
         return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms_parse(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and info.data.get("platform") is not None:
+            raise ValueError("set `platforms` only: `platform` is its deprecated one-value form")
+        for text in value:
+            try:
+                parsed = Platform.parse(text)
+            except ImagegateError as err:
+                raise ValueError(str(err)) from None
+            if not parsed.runnable:
+                raise ValueError(f"{text}: imagegate checks the images of Linux nodes (linux/…)")
+        return value
+
+    @property
+    def node_platforms(self) -> tuple[Platform, ...]:
+        """`platforms` (or the deprecated `platform`) parsed; empty: any Linux node."""
+        texts = self.platforms or ([self.platform] if self.platform else [])
+        return tuple(Platform.parse(t) for t in texts)
 
 
 class ObjectMeta(BaseModel):
@@ -364,6 +415,29 @@ class ImagePolicy(_Model):
             if v is not None
         ]
         return not (verdicts and all(verdicts))
+
+    @property
+    def selects_namespaces_by_label(self) -> bool:
+        """Whether deciding if this policy applies needs the namespace's labels."""
+        spec = self.spec
+        return spec.match.namespace_selector is not None or (
+            spec.exclude.namespace_selector is not None
+        )
+
+    def may_apply(self, image: str, namespace: str | None) -> bool:
+        """Whether this policy can apply while the namespace's labels are unknown: every filter
+        that needs no labels must hold, and an exclude that needs them excludes nothing."""
+        match, exclude = self.spec.match, self.spec.exclude
+        if match.image_matches(image) is False:
+            return False
+        if match.namespaces and not (
+            namespace is not None
+            and any(fnmatch.fnmatchcase(namespace, p) for p in match.namespaces)
+        ):
+            return False
+        if exclude.empty or exclude.namespace_selector is not None:
+            return True
+        return self.applies_to(image, namespace, {})
 
     def with_overrides(
         self, allow_bases: list[str] | None = None, max_size: int | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.policy.model import Severity
+from webhook.policy.model import Mode, Severity
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,9 @@ class Violation:
     message: str
     severity: Severity
     policy: str = ""
+    # The strictest mode this violation may take, whatever its policy's mode: a rule setting
+    # such as `allowedBases.unverifiedClaims: warn` reports without denying.
+    at_most: Mode | None = None
 
     def to_json(self) -> dict[str, str]:
         out = {"rule": self.rule, "message": self.message, "severity": str(self.severity)}

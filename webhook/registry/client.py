@@ -32,7 +32,7 @@ from webhook.errors import (
 from webhook.registry import mediatypes as mt
 from webhook.registry.auth import Keyring
 from webhook.registry.cache import DigestCache, NegativeCache, SingleFlight, TagCache
-from webhook.registry.facts import ImageFacts, Platform
+from webhook.registry.facts import ImageFacts, Platform, best_match, runnable_platforms
 from webhook.registry.reference import Reference
 from webhook.registry.transport import RegistryStats, RegistryTransport
 from webhook.settings import RegistrySettings
@@ -107,6 +107,8 @@ class RegistryClient:
         self._digests = DigestCache(settings.cache_bytes)
         self._media_types: LRUCache[str, str] = LRUCache(maxsize=65536)
         self._facts: LRUCache[tuple[str, str], ImageFacts] = LRUCache(maxsize=16384)
+        # index digest → its runnable platforms; a single-platform manifest's digest → None
+        self._platforms: LRUCache[str, tuple[Platform, ...] | None] = LRUCache(maxsize=16384)
         self._tags = TagCache(settings.tag_ttl_seconds, timer=timer)
         self._negative: NegativeCache[FlightKey] = NegativeCache(
             settings.negative_ttl_seconds, timer=timer
@@ -169,6 +171,28 @@ class RegistryClient:
             kr.fingerprint(ref.registry),
         )
         return await self._flight(key, lambda: self._fetch_config(ref, digest, kr))
+
+    async def platforms(
+        self, ref: Reference, keyring: Keyring | None = None
+    ) -> tuple[Platform, ...] | None:
+        """The platforms of `ref` a Linux node can run, in index order; None when `ref` is a
+        single-platform manifest (one platform, whatever its config says).
+
+        Attestations (`unknown/unknown`), entries without os/architecture and other operating
+        systems are left out, and of entries equal once normalised (`arm64`, `arm64/v8`) only
+        the first is listed: the one containerd pulls (`facts.runnable_platforms`). Each
+        listed platform resolves (`resolve`, `inspect`) to exactly its own entry. Cached by
+        digest, so a warm call costs a tag-cache lookup.
+        """
+        kr = keyring if keyring is not None else self.keyring
+        digest = ref.digest or (ref.tag and self._tags.get(ref.registry, ref.repository, ref.tag))
+        if digest and digest in self._platforms:
+            self.stats.cache_hits += 1
+            return self._platforms[digest]
+        top = await self.get_manifest(ref, kr)
+        listed = tuple(runnable_platforms(_index_platforms(top, ref))) if top.is_index else None
+        self._platforms[top.digest] = listed
+        return listed
 
     async def resolve(
         self, ref: Reference, platform: Platform, keyring: Keyring | None = None
@@ -287,6 +311,7 @@ class RegistryClient:
             annotations=annotations,
             source="registry",
             config_digest=config_digest,
+            manifest_digest=manifest.digest,
         )
 
     # ---- fetching --------------------------------------------------------------------------
@@ -427,14 +452,11 @@ def _parse_config(body: bytes, ref: Reference, digest: str) -> dict[str, Any]:
     return _json_object(body, f"image config {digest} of {ref}", ref)
 
 
-def _choose_entry(
-    index: Manifest, platform: Platform, ref: Reference
-) -> tuple[dict[str, Any], Platform]:
-    """The index entry for `platform`: an exact variant beats an implied one, then index order."""
+def _index_entries(index: Manifest, ref: Reference) -> list[tuple[dict[str, Any], Platform]]:
+    """The entries of `index` that name a platform (os and architecture), in index order."""
     where = f"index {index.digest} of {ref}"
     entries = _require(index.data, "manifests", list, where)
-    best: tuple[int, int, dict[str, Any], Platform] | None = None
-    available: list[str] = []
+    found: list[tuple[dict[str, Any], Platform]] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise _bad_field(where, f"manifests[{i}]", "an object", entry)
@@ -447,21 +469,30 @@ def _choose_entry(
         variant = str(plat.get("variant") or "") or None
         if not os_ or not arch or os_ == "unknown":  # attestations and other non-images
             continue
-        candidate = Platform(os_, arch, variant)
-        available.append(str(candidate))
-        if not platform.matches(os_, arch, variant):
-            continue
-        exact = variant == platform.variant
-        score = 0 if exact else 1
-        if best is None or (score, i) < (best[0], best[1]):
-            best = (score, i, entry, candidate)
-    if best is None:
+        found.append((entry, Platform(os_, arch, variant)))
+    return found
+
+
+def _index_platforms(index: Manifest, ref: Reference) -> list[Platform]:
+    return [platform for _, platform in _index_entries(index, ref)]
+
+
+def _choose_entry(
+    index: Manifest, platform: Platform, ref: Reference
+) -> tuple[dict[str, Any], Platform]:
+    """The index entry a node of `platform` pulls, chosen as containerd does
+    (`facts.best_match`): normalised platforms compared, compatible ones ranked, and among
+    equals the first in index order."""
+    entries = _index_entries(index, ref)
+    chosen = best_match(platform, [p for _, p in entries])
+    if chosen is None:
+        available = [str(p) for _, p in entries]
         listed = ", ".join(available) if available else "no platforms"
         raise PlatformNotFound(
             f"{ref} has no manifest for platform {platform}; the index has: {listed}",
             reference=str(ref),
         )
-    return best[2], best[3]
+    return entries[chosen]
 
 
 def _config_platform(config: Mapping[str, Any]) -> str:

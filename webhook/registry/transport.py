@@ -418,7 +418,7 @@ class RegistryTransport:
                     return Reply(response.status_code, response.headers, b"")
                 cap = limit if ok else _ERROR_BODY_LIMIT
                 length = response.headers.get("content-length", "")
-                if ok and length.isdigit() and int(length) > cap:
+                if ok and length.isascii() and length.isdigit() and int(length) > cap:
                     raise _TooLarge(int(length), exact=True, limit=cap)
                 chunks: list[bytes] = []
                 total = 0

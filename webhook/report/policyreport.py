@@ -466,8 +466,9 @@ def _entry(
         policies[policy] = PolicyInfo(mode, on_error, rules[policy])
     facts: dict[str, Any] = {}
     for key in ("compressedSize", "sizeBudget"):
-        if props.get(key, "").isdigit():
-            facts[key] = int(props[key])
+        value = props.get(key)
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            facts[key] = int(value)
     if "effectiveUser" in props:
         facts["effectiveUser"] = props["effectiveUser"]
     if "baseName" in props:

@@ -13,6 +13,8 @@ from webhook.policy.outcome import ContainerContext, RuleOutcome, Violation
 from webhook.registry.facts import ImageFacts
 
 RULE = "non-root-user"
+MAX_UID = 2**32 - 2  # Linux uids are 32-bit; (uid_t)-1 is "no user"
+MAX_UID_DIGITS = 10
 FIX = (
     "add `USER 65532:65532` (any numeric uid other than 0) to the final stage of the Dockerfile, "
     "or set securityContext.runAsUser in the pod spec"
@@ -49,7 +51,9 @@ def check(
     name, _group = split_user(image_user)
     if not name:
         return _fail(rule, found, f"the image has no USER, so it runs as root: {FIX}")
-    if name.isdigit():
+    if name.isascii() and name.isdigit():  # "²".isdigit() is True, and int("²") raises
+        if len(name) > MAX_UID_DIGITS or int(name) > MAX_UID:
+            return _fail(rule, found, f"USER {image_user} is not a valid uid: {FIX}")
         if int(name) == 0:
             return _fail(rule, found, f"the image runs as uid 0 (USER {image_user}): {FIX}")
         return RuleOutcome(facts=found)
