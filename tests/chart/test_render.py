@@ -440,3 +440,14 @@ def test_helm_test_pod_checks_readyz_through_the_service(render: Render) -> None
     service = rendered.one("Service")["metadata"]["name"]
     assert f"https://{service}.{NAMESPACE}.svc:443/readyz" in script
     assert "cafile=" in script
+
+
+def test_secrets_and_service_accounts_are_only_ever_read_by_name(render: Render) -> None:
+    """Least privilege: imagegate reads the pull secrets a Pod names, never every Secret."""
+    rendered = render()
+    roles = rendered.kinds("ClusterRole") + rendered.kinds("Role")
+    assert roles
+    for role in roles:
+        for rule in role.get("rules") or []:
+            if {"secrets", "serviceaccounts"} & set(rule.get("resources", [])):
+                assert rule["verbs"] == ["get"], (role["metadata"]["name"], rule)

@@ -826,15 +826,6 @@ async def test_images_are_inspected_with_the_credentials_the_kubelet_would_use(
     assert (credential.username if credential else None) == user
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: Checker's verdict cache is keyed by image, policies, platform and "
-        "container context but not by credentials, so a verdict read with team-a's pull "
-        "secret is handed to team-b, which has none (Keyring.fingerprint promises the "
-        "opposite for the registry caches below it)"
-    ),
-)
 async def test_a_verdict_read_with_one_teams_credentials_is_not_handed_to_another() -> None:
     cluster = FakeCluster(
         namespaces={"team-a": {}, "team-b": {}},

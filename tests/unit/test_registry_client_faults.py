@@ -86,12 +86,15 @@ class FakeRegistry:
             def do_GET(self) -> None:
                 self._answer()
 
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 self._answer()
 
-            def _answer(self) -> None:
+            def _answer(self, body: bool = True) -> None:
                 parts = urlsplit(self.path)
                 seen = Seen(
                     self.command,
@@ -109,8 +112,9 @@ class FakeRegistry:
                 if reply.content_length:
                     self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(reply.body)
+                if body:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        self.wfile.write(reply.body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -504,8 +508,9 @@ async def test_403_is_forbidden(registry: FakeRegistry, client: RegistryClient) 
     registry.routes["/v2/app/manifests/1"] = Reply(
         403, b'{"errors":[{"code":"DENIED","message":"no"}]}'
     )
-    with pytest.raises(RegistryForbidden, match="DENIED: no"):
+    with pytest.raises(RegistryForbidden, match="DENIED") as info:
         await client.get_manifest(registry.ref("app:1"))
+    assert ": no" not in str(info.value)  # the code, not the registry's free text
 
 
 async def test_failures_are_negatively_cached(registry: FakeRegistry) -> None:
@@ -588,7 +593,7 @@ async def test_wrong_credentials_are_refused_by_name(registry: FakeRegistry) -> 
     async with RegistryClient(make_settings(), Keyring.empty()) as c:
         with pytest.raises(
             RegistryUnauthorized,
-            match=rf"{registry.host} refused credentials for repo app: .*incorrect username",
+            match=rf"{registry.host} refused credentials for repo app: token server",
         ):
             await c.get_manifest(registry.ref("app:1"), keyring)
 
@@ -773,3 +778,108 @@ async def test_an_unusable_location_is_a_registry_error(
         await client.transport.request(
             "GET", registry.ref("app"), "http://[not-an-ip/x", what="an upload session"
         )
+
+
+# ---- tenants: cached content only for credentials that can read it -------------------------
+
+
+@pytest.mark.parametrize("call", ["inspect", "get_manifest", "get_config", "platforms"])
+async def test_cached_content_is_not_handed_to_credentials_that_cannot_read_it(
+    registry: FakeRegistry, call: str
+) -> None:
+    """team-a's pull secret fetched a private image; team-b, without one, must not get it
+    from the caches (nor learn its digest): one authenticated HEAD decides."""
+    digest, body = registry.add_image()
+    protect_with_tokens(registry, "alice", "s3cret")
+    team_a, team_b = login(registry, "alice", "s3cret"), Keyring.empty()
+    ref = registry.ref("app:1")
+    config_digest = json.loads(body)["config"]["digest"]
+    async with RegistryClient(make_settings(), Keyring.empty()) as c:
+        await c.inspect(ref, AMD64, team_a)
+        await c.get_config(ref, config_digest, team_a)
+        await c.platforms(ref, team_a)
+        calls = {
+            "inspect": lambda kr: c.inspect(ref, AMD64, kr),
+            "get_manifest": lambda kr: c.get_manifest(registry.ref(f"app@{digest}"), kr),
+            "get_config": lambda kr: c.get_config(ref, config_digest, kr),
+            "platforms": lambda kr: c.platforms(ref, kr),
+        }
+        with pytest.raises(RegistryUnauthorized, match="needs credentials"):
+            await calls[call](team_b)
+        before = len(registry.seen)
+        await calls[call](team_a)  # the reader who fetched it is served from the cache
+        assert len(registry.seen) == before
+
+
+# ---- hostile answers: no echo, no crash ----------------------------------------------------
+
+
+async def test_an_upstream_error_body_never_reaches_the_message(
+    registry: FakeRegistry, client: RegistryClient
+) -> None:
+    """A Pod creator picks the host the webhook asks: its answer must not come back to them."""
+    secret = "internal-service-says: db password is hunter2"
+    registry.routes["/v2/app/manifests/1"] = Reply(500, secret.encode(), {"Retry-After": "0"})
+    with pytest.raises(RegistryUnavailable) as info:
+        await client.get_manifest(registry.ref("app:1"))
+    assert "hunter2" not in str(info.value)
+    registry.routes["/v2/app/manifests/2"] = Reply(
+        418, json.dumps({"errors": [{"code": "DENIED", "message": secret}]}).encode()
+    )
+    with pytest.raises(RegistryError) as teapot:
+        await client.get_manifest(registry.ref("app:2"))
+    assert "DENIED" in str(teapot.value)
+    assert "hunter2" not in str(teapot.value)
+
+
+@pytest.mark.parametrize("where", ["manifest", "config", "error-body"])
+async def test_json_nested_too_deeply_is_invalid_data_not_a_crash(
+    registry: FakeRegistry, client: RegistryClient, where: str
+) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    _, body = registry.add_image()
+    if where == "manifest":
+        registry.routes["/v2/app/manifests/1"] = Reply(200, deep, {"Content-Type": mt.OCI_MANIFEST})
+    elif where == "config":  # a config that hashes right but nests [[[…]]] inside
+        config = b'{"config": {"Labels": ' + deep + b"}}"
+        manifest = json.loads(body)
+        manifest["config"].update(digest=sha(config), size=len(config))
+        registry.routes[f"/v2/app/blobs/{sha(config)}"] = Reply(200, config)
+        registry.routes["/v2/app/manifests/1"] = Reply(
+            200, json.dumps(manifest).encode(), {"Content-Type": mt.OCI_MANIFEST}
+        )
+    else:
+        registry.routes["/v2/app/manifests/1"] = Reply(404, deep)
+    expected = ImageNotFound if where == "error-body" else InvalidImageData
+    with pytest.raises(expected):
+        await client.inspect(registry.ref("app:1"), AMD64)
+
+
+@pytest.mark.parametrize(
+    ("realm", "refused"),
+    [
+        pytest.param("http://metadata.internal/token", True, id="plain-http-elsewhere"),
+        pytest.param("gopher://x/token", True, id="other-scheme"),
+        pytest.param("http://{host}/token", False, id="the-registry-itself"),
+    ],
+)
+async def test_a_token_realm_must_be_https_or_the_registry_itself(
+    registry: FakeRegistry, realm: str, refused: bool
+) -> None:
+    registry.add_image()
+    protect_with_tokens(registry, "alice", "s3cret")
+    challenge = f'Bearer realm="{realm.format(host=registry.host)}",service="x"'
+    inner = registry.routes["/v2/app/manifests/1"]
+    assert callable(inner)
+
+    def challenging(seen: Seen) -> Reply:
+        reply = inner(seen)
+        return Reply(401, b"", {"WWW-Authenticate": challenge}) if reply.status == 401 else reply
+
+    registry.routes["/v2/app/manifests/1"] = challenging
+    async with RegistryClient(make_settings(), login(registry, "alice", "s3cret")) as c:
+        if refused:
+            with pytest.raises(RegistryUnauthorized, match="refused, a realm must be https"):
+                await c.get_manifest(registry.ref("app:1"))
+        else:
+            await c.get_manifest(registry.ref("app:1"))

@@ -59,6 +59,13 @@ class Scope:
     # Where the Pod may be scheduled (os/arch): which platforms of an index can run.
     placement: Placement = ANYWHERE
 
+    @property
+    def credentials(self) -> tuple[str, str, tuple[str, ...]]:
+        """Who pulls: what the keyring is made of (namespace, ServiceAccount, pull secret
+        names), known without I/O, so the warm path can key cached verdicts by it."""
+        template = self.template
+        return (self.namespace or "", template.service_account, tuple(template.pull_secret_names))
+
 
 class AdmissionService:
     def __init__(
@@ -301,6 +308,7 @@ class AdmissionService:
                     namespace=scope.namespace,
                     namespace_labels=scope.labels,
                     placement=scope.placement,
+                    credentials=scope.credentials,
                 )
             except Exception as err:  # a bug for one image is that image's onError decision
                 log.exception(
@@ -362,6 +370,7 @@ class AdmissionService:
             namespace=scope.namespace,
             namespace_labels=scope.labels,
             placement=scope.placement,
+            credentials=scope.credentials,
         )
 
     async def _keyring(self, scope: Scope) -> Keyring:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,7 +97,11 @@ def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-ResultKey = tuple[str, tuple[int, ...], Platform | None, Placement, ContainerContext | None]
+# Image, policies, platform, placement, container context, and who asked (the credentials'
+# identity): a verdict read with one tenant's pull secret is never handed to another.
+ResultKey = tuple[
+    str, tuple[int, ...], Platform | None, Placement, ContainerContext | None, Hashable
+]
 
 
 DAEMON_REFUSED = (
@@ -145,12 +149,19 @@ class Checker:
         namespace: str | None = None,
         namespace_labels: dict[str, str] | None = None,
         placement: Placement = ANYWHERE,
+        credentials: Hashable = None,
     ) -> CheckResult:
         """`platform` checks just that platform of an index (`imagegate check --platform`);
         without it every platform that can run is checked: those `placement` (where the Pod
-        may be scheduled) and the policies' `platforms` allow (`webhook.policy.platforms`)."""
+        may be scheduled) and the policies' `platforms` allow (`webhook.policy.platforms`).
+
+        `credentials` names who asks (the webhook: the Pod's namespace, ServiceAccount and
+        pull secret names); a cached verdict is only handed back to the same identity. By
+        default it is the keyring's fingerprint for the image's registry.
+        """
+        who = credentials if credentials is not None else _fingerprint(image, keyring)
         applicable, known = self._lookup(
-            image, policies, platform, placement, container, namespace, namespace_labels
+            image, policies, platform, placement, container, namespace, namespace_labels, who
         )
         if known is not None:
             return known
@@ -158,7 +169,9 @@ class Checker:
             image, applicable, platform, placement, container, keyring
         )
         if result.verdict != "error" and not result.transient:  # errors: a shorter cache below
-            key: ResultKey = (image, tuple(map(id, applicable)), platform, placement, container)
+            key: ResultKey = (
+                image, tuple(map(id, applicable)), platform, placement, container, who
+            )  # fmt: skip
             self._results[key] = (tuple(applicable), result)
         return result
 
@@ -171,10 +184,12 @@ class Checker:
         namespace: str | None = None,
         namespace_labels: dict[str, str] | None = None,
         placement: Placement = ANYWHERE,
+        credentials: Hashable = None,
     ) -> CheckResult | None:
         """The verdict when it is known without any I/O (the webhook's fast path), else None."""
+        who = credentials if credentials is not None else _fingerprint(image, None)
         return self._lookup(
-            image, policies, None, placement, container, namespace, namespace_labels
+            image, policies, None, placement, container, namespace, namespace_labels, who
         )[1]
 
     def _lookup(
@@ -186,11 +201,14 @@ class Checker:
         container: ContainerContext | None,
         namespace: str | None,
         namespace_labels: dict[str, str] | None,
+        credentials: Hashable,
     ) -> tuple[list[ImagePolicy], CheckResult | None]:
         applicable = [p for p in policies if p.applies_to(image, namespace, namespace_labels)]
         if not applicable:
             return applicable, CheckResult(image, "pass")
-        key: ResultKey = (image, tuple(map(id, applicable)), platform, placement, container)
+        key: ResultKey = (
+            image, tuple(map(id, applicable)), platform, placement, container, credentials
+        )  # fmt: skip
         cached = self._results.get(key)
         return applicable, cached[1] if cached is not None else None
 
@@ -334,6 +352,16 @@ async def _known_base(
     except ImagegateError as err:
         return KnownBase(ref, error=str(err))
     return KnownBase(ref, base.digest, tuple(base.diff_ids))
+
+
+def _fingerprint(image: str, keyring: Keyring | None) -> str:
+    """The keyring's identity for the image's registry ("" without one, or for a bad name)."""
+    if keyring is None:
+        return ""
+    try:
+        return keyring.fingerprint(Reference.parse(image).registry)
+    except ImagegateError:
+        return ""
 
 
 def _policy_platform(policies: list[ImagePolicy]) -> Platform | None:

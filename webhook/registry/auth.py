@@ -451,6 +451,8 @@ def parse_token_response(body: bytes) -> Token:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"token response is not JSON: {exc}") from exc
+    except RecursionError:
+        raise ValueError("token response is JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ValueError("token response is not a JSON object")
     value = data.get("token") or data.get("access_token")

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from webhook.errors import (
     DigestMismatch,
@@ -109,6 +109,11 @@ class RegistryClient:
         self._facts: LRUCache[tuple[str, str], ImageFacts] = LRUCache(maxsize=16384)
         # index digest → its runnable platforms; a single-platform manifest's digest → None
         self._platforms: LRUCache[str, tuple[Platform, ...] | None] = LRUCache(maxsize=16384)
+        # (registry, repository, credential fingerprint) shown to read the repository lately:
+        # cached content is handed out only to credentials in here (see `_may_read`).
+        self._readers: TTLCache[tuple[str, str, str], bool] = TTLCache(
+            maxsize=65536, ttl=settings.tag_ttl_seconds, timer=timer
+        )
         self._tags = TagCache(settings.tag_ttl_seconds, timer=timer)
         self._negative: NegativeCache[FlightKey] = NegativeCache(
             settings.negative_ttl_seconds, timer=timer
@@ -140,6 +145,7 @@ class RegistryClient:
         if digest is not None:
             cached = self._cached_manifest(digest)
             if cached is not None:
+                await self._may_read(ref, kr)
                 self.stats.cache_hits += 1
                 return cached
         key: FlightKey = (
@@ -161,6 +167,7 @@ class RegistryClient:
         kr = keyring if keyring is not None else self.keyring
         cached = self._digests.get(digest)
         if cached is not None:
+            await self._may_read(ref, kr)
             self.stats.cache_hits += 1
             return _parse_config(cached, ref, digest)
         key: FlightKey = (
@@ -187,6 +194,7 @@ class RegistryClient:
         kr = keyring if keyring is not None else self.keyring
         digest = ref.digest or (ref.tag and self._tags.get(ref.registry, ref.repository, ref.tag))
         if digest and digest in self._platforms:
+            await self._may_read(ref, kr)
             self.stats.cache_hits += 1
             return self._platforms[digest]
         top = await self.get_manifest(ref, kr)
@@ -239,6 +247,7 @@ class RegistryClient:
         if digest:
             known = self._facts.get((digest, str(platform)))
             if known is not None:
+                await self._may_read(ref, keyring if keyring is not None else self.keyring)
                 self.stats.cache_hits += 1
                 return replace(known, reference=str(ref))
         facts = await self._inspect(ref, platform, keyring)
@@ -314,6 +323,31 @@ class RegistryClient:
             manifest_digest=manifest.digest,
         )
 
+    # ---- who may read what ------------------------------------------------------------------
+
+    async def _may_read(self, ref: Reference, keyring: Keyring) -> None:
+        """Raise unless `keyring` was shown lately to read `ref`'s repository.
+
+        Caches are shared by every tenant, so an answer fetched with one Pod's pull secret
+        must not be handed to a Pod without it: before cached content goes to credentials
+        that have not fetched from the repository, one authenticated HEAD of the manifest
+        proves they can (then remembered for the tag TTL, per credential fingerprint).
+        """
+        reader = _reader(ref, keyring)
+        if reader in self._readers:
+            return
+        key: FlightKey = ("access", *reader, ref.lookup)
+        await self._flight(key, lambda: self._prove_access(ref, keyring))
+
+    async def _prove_access(self, ref: Reference, keyring: Keyring) -> None:
+        what = f"manifest {ref}"
+        reply = await self.transport.request(
+            "HEAD", ref, f"manifests/{ref.lookup}", what=what, keyring=keyring,
+            headers={"Accept": mt.ACCEPT},
+        )  # fmt: skip
+        self.transport.check(reply, ref, what)
+        self._readers[_reader(ref, keyring)] = True
+
     # ---- fetching --------------------------------------------------------------------------
 
     async def _flight(self, key: FlightKey, factory: Callable[[], Awaitable[T]]) -> T:
@@ -366,6 +400,7 @@ class RegistryClient:
         self._media_types[digest] = manifest.media_type
         if ref.digest is None and ref.tag:
             self._tags.put(ref.registry, ref.repository, ref.tag, digest)
+        self._readers[_reader(ref, keyring)] = True
         return manifest
 
     async def _fetch_config(self, ref: Reference, digest: str, keyring: Keyring) -> dict[str, Any]:
@@ -385,10 +420,15 @@ class RegistryClient:
         _verify(reply.body, ref, digest)
         config = _parse_config(reply.body, ref, digest)
         self._digests.put(digest, reply.body)
+        self._readers[_reader(ref, keyring)] = True
         return config
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def _reader(ref: Reference, keyring: Keyring) -> tuple[str, str, str]:
+    return (ref.registry, ref.repository, keyring.fingerprint(ref.registry))
 
 
 def _verify(body: bytes, ref: Reference, expected: str | None) -> str:
@@ -415,6 +455,10 @@ def _json_object(body: bytes, what: str, ref: Reference) -> dict[str, Any]:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidImageData(f"{what} is not valid JSON: {exc}", reference=str(ref)) from exc
+    except RecursionError:  # a hostile registry's [[[[…]]]]: no image config nests like that
+        raise InvalidImageData(
+            f"{what} is JSON nested too deeply to read", reference=str(ref)
+        ) from None
     if not isinstance(data, dict):
         raise InvalidImageData(f"{what} is not a JSON object", reference=str(ref))
     return data

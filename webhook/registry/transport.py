@@ -294,10 +294,7 @@ class RegistryTransport:
                 f"registry {ref.registry} sent a Bearer challenge without a realm",
                 reference=str(ref),
             )
-        try:
-            realm_host = httpx.URL(challenge.realm).host or challenge.realm
-        except httpx.InvalidURL:
-            realm_host = challenge.realm
+        realm_host = self._check_realm(challenge.realm, ref)
         reply = await self._retrying(
             lambda: self._attempt(
                 token_request(challenge, scopes, credential), _TOKEN_BODY_LIMIT, True, None, False
@@ -322,6 +319,27 @@ class RegistryTransport:
                 f"token server {realm_host} for registry {ref.registry}: {exc}", reference=str(ref)
             ) from exc
         return f"Bearer {token.value}", token.expires_in
+
+    def _check_realm(self, realm: str, ref: Reference) -> str:
+        """The realm's host, when the webhook may send credentials there: https, or plain
+        HTTP only to the registry's own host or a registry configured as insecure (a
+        registry must not point the webhook, and its credentials, at any http:// URL)."""
+        try:
+            url = httpx.URL(realm)
+            host = url.netloc.decode("ascii", "replace")
+        except (httpx.InvalidURL, ValueError):
+            raise RegistryUnauthorized(
+                f"registry {ref.registry} named a token realm that is not a URL", str(ref)
+            ) from None
+        if url.scheme == "https":
+            return host
+        if url.scheme == "http" and (host == self.api_host(ref) or self.uses_plain_http(host)):
+            return host
+        raise RegistryUnauthorized(
+            f"registry {ref.registry} named the token realm {url.scheme}://{host}: refused, a "
+            "realm must be https, the registry itself, or a registry configured as insecure",
+            reference=str(ref),
+        )
 
     # ---- the one retry loop --------------------------------------------------------------------
 
@@ -526,29 +544,31 @@ def _error_codes(body: bytes) -> set[str]:
     try:
         data = json.loads(body)
         return {str(e.get("code")) for e in data.get("errors", []) if isinstance(e, dict)}
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return set()
 
 
+# The distribution spec's error codes: a closed set, so naming them leaks nothing.
+OCI_ERROR_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+        "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    }
+)  # fmt: skip
+
+
 def _error_detail(body: bytes) -> str:
-    """The registry's own words: `CODE: message` from the OCI error body, else the text."""
-    try:
-        data = json.loads(body)
-        errors = data.get("errors") if isinstance(data, dict) else None
-        if isinstance(errors, list) and errors:
-            parts = []
-            for err in errors:
-                if isinstance(err, dict):
-                    code, message = err.get("code", ""), err.get("message", "")
-                    parts.append(": ".join(str(p) for p in (code, message) if p))
-            if parts:
-                return "; ".join(parts)[:500]
-        if isinstance(data, dict) and isinstance(data.get("details"), str):
-            return str(data["details"])[:500]
-    except (ValueError, UnicodeDecodeError):
-        pass
-    text = body.decode("utf-8", "replace").strip()
-    return text[:200] if text else "no details"
+    """What an error answer may tell the user: the spec's error codes it carries, never its
+    text. Whoever creates a Pod chooses the host the webhook asks (any URL a registry or token
+    realm names), so an upstream body echoed into a denial would read internal services for
+    them; the text goes to the log instead."""
+    codes = sorted(_error_codes(body) & OCI_ERROR_CODES)
+    if body:
+        text = body[:500].decode("utf-8", "replace").strip()
+        log.info("registry error answer", extra={"codes": codes, "body": text})
+    return ", ".join(codes) if codes else "no error code (the answer's text is in the log)"
 
 
 def _status(code: int) -> str:
