@@ -69,6 +69,15 @@ class WebhookSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=3 * 1024 * 1024, gt=0, description="Larger AdmissionReview bodies are refused."
     )
+    max_containers: int = Field(
+        default=100, gt=0, description="Objects with more containers (all lists) are denied."
+    )
+    max_pull_secrets: int = Field(
+        default=32, gt=0, description="Pods naming more imagePullSecrets are denied."
+    )
+    max_images: int = Field(
+        default=50, gt=0, description="Objects with more distinct images are denied."
+    )
     exempt_namespaces: list[str] = Field(
         default_factory=lambda: ["kube-system"],
         description="Namespaces never checked (the webhook's own is added at start).",

@@ -8,15 +8,17 @@ labels could not be read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
 
 from tests.unit.factories import facts
 from tests.unit.fakes import GOOD, REGISTRY, ROOT, FakeCluster, policy
-from tests.unit.test_admission_service_table import ctr, harness, parsed, pod, review
+from tests.unit.test_admission_service_table import SLOW, ctr, harness, parsed, pod, review
 from tests.unit.test_scanner_table import Row as ScanRow
 from tests.unit.test_scanner_table import obj as scan_obj
 from tests.unit.test_scanner_table import pod_spec as scan_pod
@@ -268,3 +270,62 @@ async def test_admission_records_a_failing_pod_unless_its_owner_accounts_for_it(
     decision = await h.service.validate(parsed(review(body)))
     assert decision.response.allowed  # audit mode admits
     assert bool(h.recorder.entries) is recorded
+
+
+# ---- issue 13.5: one budget from arrival, caps, one check per image ---------------------------
+
+
+class SlowLabels(FakeCluster):
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        await asyncio.sleep(30)
+        return {}
+
+
+async def test_the_budget_starts_when_the_request_arrives_and_covers_lookups() -> None:
+    h = harness(cluster=SlowLabels(), budget=0.3)
+    started = time.monotonic()
+    decision = await h.service.validate(parsed(review(pod(ctr("app", SLOW)))))
+    assert time.monotonic() - started < 0.6  # not 30 s, and not 0.3 s plus a fresh budget
+    assert not decision.response.allowed
+    assert "not inspected within the 0.3 s admission budget" in message(decision.response)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(
+            pod(*(ctr(f"c{i}", GOOD) for i in range(101))), "101 containers", id="containers"
+        ),
+        pytest.param(
+            pod(ctr("app", GOOD), imagePullSecrets=[{"name": f"s{i}"} for i in range(33)]),
+            "33 imagePullSecrets",
+            id="pull-secrets",
+        ),
+        pytest.param(
+            pod(*(ctr(f"c{i}", f"{REGISTRY}/team/app{i}:1") for i in range(51))),
+            "51 distinct images",
+            id="images",
+        ),
+    ],
+)
+async def test_objects_over_a_cap_are_denied_before_any_lookup(
+    body: dict[str, Any], says: str
+) -> None:
+    cluster = FakeCluster(namespaces={"team-a": {}})
+    h = harness(policies=(policy(onError="allow", mode="audit"),), cluster=cluster)
+    decision = await h.service.validate(parsed(review(body)))
+    assert not decision.response.allowed  # whatever the policy's mode and onError
+    assert f"it has {says}, over the limit" in message(decision.response)
+    assert h.registry.calls == []
+    assert "pull_secrets" not in cluster.asked
+    mutated = await h.service.mutate(parsed(review(body)))
+    assert mutated.patch is None
+
+
+async def test_one_check_per_image_and_context_within_a_request() -> None:
+    h = harness()
+    body = pod(ctr("a", ROOT), ctr("b", ROOT), ctr("c", ROOT, args=["--other"]))
+    decision = await h.service.validate(parsed(review(body)))
+    assert not decision.response.allowed
+    assert len(message(decision.response).splitlines()) == 4  # header + one line per container
+    assert h.registry.inspected == [ROOT, ROOT]  # a and b share one check; c runs other args

@@ -58,6 +58,14 @@ class Scope:
     labels_error: str = ""
     # Where the Pod may be scheduled (os/arch): which platforms of an index can run.
     placement: Placement = ANYWHERE
+    # When the answer is due (loop time): one budget from the request's arrival, covering the
+    # Kubernetes lookups as well as the registry.
+    deadline: float = float("inf")
+    # Why the object is refused before any check (over a cap), or "".
+    refusal: str = ""
+
+    def remaining(self) -> float:
+        return max(self.deadline - asyncio.get_running_loop().time(), 0.0)
 
     @property
     def credentials(self) -> tuple[str, str, tuple[str, ...]]:
@@ -125,6 +133,9 @@ class AdmissionService:
         scope = await self._scope(request)
         if scope is None:
             return Decision(AdmissionResponse(uid=request.uid, allowed=True))
+        if scope.refusal:
+            status = Status(code=403, reason="Forbidden", message=scope.refusal)
+            return Decision(AdmissionResponse(uid=request.uid, allowed=False, status=status))
         findings = await self._check(scope, request)
         by_name = {p.name: p for p in (*scope.policies, *scope.unknown_labels)}
         decision = decide(request.uid, scope.subject, findings, by_name)
@@ -202,7 +213,7 @@ class AdmissionService:
 
     async def _mutate(self, request: AdmissionRequest) -> AdmissionResponse:
         scope = await self._scope(request)
-        if scope is None:
+        if scope is None or scope.refusal:  # validate denies what is refused
             return AdmissionResponse(uid=request.uid, allowed=True)
         findings = await self._check(scope, request)
         pinning = {
@@ -246,6 +257,7 @@ class AdmissionService:
 
     async def _scope(self, request: AdmissionRequest) -> Scope | None:
         """None when the object is not ours to check (kind, operation, exempt namespace)."""
+        deadline = asyncio.get_running_loop().time() + self._settings.request_budget_seconds
         if request.operation not in ("CREATE", "UPDATE") or request.object is None:
             return None
         template = pod_template(request.kind.kind, request.object)
@@ -267,10 +279,12 @@ class AdmissionService:
             if namespace in self._exempt:
                 return None
             try:
-                labels = await self._cluster.namespace_labels(namespace)
-            except ImagegateError as err:
-                log.warning("namespace labels unavailable", extra={"error": str(err)})
-                labels_error = f"the labels of namespace {namespace} could not be read ({err})"
+                async with asyncio.timeout_at(deadline):
+                    labels = await self._cluster.namespace_labels(namespace)
+            except (ImagegateError, TimeoutError) as err:
+                why = str(err) or "not read within the admission budget"
+                log.warning("namespace labels unavailable", extra={"error": why})
+                labels_error = f"the labels of namespace {namespace} could not be read ({why})"
             if labels.get(self._settings.opt_out_label) == "true":
                 return None
         policies = self._policies.policies
@@ -281,8 +295,24 @@ class AdmissionService:
         known = [p for p in policies if p not in unknown]
         return Scope(
             subject, namespace, labels, template, containers, known, unknown, labels_error,
-            placement,
+            placement, deadline, self._over_caps(template),
         )  # fmt: skip
+
+    def _over_caps(self, template: PodTemplate) -> str:
+        """Why an object is too big to check within one admission, or "" (then it is not)."""
+        hook = self._settings
+        counts = (
+            (len(template.containers), hook.max_containers, "containers"),
+            (len(template.pull_secret_names), hook.max_pull_secrets, "imagePullSecrets"),
+            (len({c.image for c in template.containers}), hook.max_images, "distinct images"),
+        )
+        for count, cap, what in counts:
+            if count > cap:
+                return (
+                    f"imagegate refuses this object: it has {count} {what}, over the limit of "
+                    f"{cap} one admission checks (IMAGEGATE_WEBHOOK_MAX_* on the webhook)"
+                )
+        return ""
 
     async def _check(self, scope: Scope, request: AdmissionRequest) -> list[Finding]:
         """Check every container's image within the time budget; late ones become errors."""
@@ -291,12 +321,16 @@ class AdmissionService:
         if all(k is not None for k in known):  # the warm path: no lookups, no tasks
             cached = [Finding(c, k) for c, k in zip(scope.containers, known, strict=True) if k]
             return cached + unknown
+        budget = self._settings.request_budget_seconds
         try:
-            keyring = await self._keyring(scope)
+            async with asyncio.timeout_at(scope.deadline):
+                keyring = await self._keyring(scope)
+        except TimeoutError:
+            reason = f"the pod's pull secrets were not read within the {budget:g} s budget"
+            return [self._error(scope, c, reason) for c in scope.containers] + unknown
         except ImagegateError as err:  # a malformed pull secret: the kubelet cannot pull either
             reason = f"cannot use the pod's pull secrets: {err}"
             return [self._error(scope, c, reason) for c in scope.containers] + unknown
-        budget = self._settings.request_budget_seconds
 
         async def one(container: Container) -> Finding:
             try:
@@ -320,14 +354,19 @@ class AdmissionService:
                 )
             return Finding(container, result)
 
-        tasks = [asyncio.ensure_future(one(c)) for c in scope.containers]
-        done, pending = await asyncio.wait(tasks, timeout=budget)
+        # One check per (image, what runs): ten replicas of a sidecar in one template cost one.
+        shared: dict[tuple[str, object], asyncio.Future[Finding]] = {}
+        for c in scope.containers:
+            if (c.image, c.context) not in shared:
+                shared[(c.image, c.context)] = asyncio.ensure_future(one(c))
+        tasks = [shared[(c.image, c.context)] for c in scope.containers]
+        done, pending = await asyncio.wait(set(tasks), timeout=scope.remaining())
         for task in pending:
             task.cancel()
         findings: list[Finding] = []
         for container, task in zip(scope.containers, tasks, strict=True):
             if task in done:
-                findings.append(task.result())
+                findings.append(Finding(container, task.result().result))
                 continue
             message = (
                 f"not inspected within the {budget:g} s admission budget "

@@ -8,6 +8,7 @@ every admission asks the same questions.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable
@@ -157,12 +158,9 @@ class KubernetesCluster:
         return await self._cached(("sa", namespace, service_account), read, where)
 
     async def pull_secrets(self, namespace: str, names: list[str]) -> list[PullSecret]:
-        found: list[PullSecret] = []
-        for name in names:
-            secret = await self._pull_secret(namespace, name)
-            if secret is not None:
-                found.append(secret)
-        return found
+        """The named pull secrets that exist and hold a docker config, read concurrently."""
+        found = await asyncio.gather(*(self._pull_secret(namespace, name) for name in names))
+        return [secret for secret in found if secret is not None]
 
     async def _pull_secret(self, namespace: str, name: str) -> PullSecret | None:
         def read() -> PullSecret | None:
@@ -186,7 +184,10 @@ class KubernetesCluster:
                 ("secret", namespace, name), read, f"read secret {namespace}/{name}"
             )
         except ClusterError as err:
-            # The kubelet ignores a missing pull secret too; say so in the logs and go on.
+            # The kubelet ignores a missing pull secret too; say so in the logs and go on. A
+            # missing one is remembered as missing, so a Pod naming hundreds costs one read each.
+            if isinstance(err, ClusterNotFound):
+                self._cache[("secret", namespace, name)] = None
             log.warning("pull secret unavailable", extra={"error": str(err)})
             return None
 
