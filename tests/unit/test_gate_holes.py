@@ -329,3 +329,28 @@ async def test_one_check_per_image_and_context_within_a_request() -> None:
     assert not decision.response.allowed
     assert len(message(decision.response).splitlines()) == 4  # header + one line per container
     assert h.registry.inspected == [ROOT, ROOT]  # a and b share one check; c runs other args
+
+
+# ---- issue 13.3: what a tenant sends does not stay in memory at full size ---------------------
+
+
+async def test_a_megabyte_command_is_neither_cached_nor_reported_at_full_size() -> None:
+    h = harness()
+    huge = ["sh", "-c", "a & b " + "x" * 1_000_000]
+    body = pod(ctr("app", GOOD, command=huge))
+    decision = await h.service.validate(parsed(review(body)))
+    assert not decision.response.allowed  # a shell chain
+    assert len(message(decision.response)) < 5_000
+    [(key, (_, result))] = h.service._checker._results.items()
+    assert sum(len(str(part)) for part in key) < 2_000  # the context is kept as a digest
+    assert len(json.dumps(result.to_json())) < 20_000
+
+
+async def test_a_megabyte_shell_command_is_refused_quickly() -> None:
+    """Parsing it would hold the event loop (and every other admission) for seconds."""
+    h = harness()
+    body = pod(ctr("app", GOOD, command=["sh", "-c", "exec /app " + "x" * 1_000_000]))
+    started = time.monotonic()
+    decision = await h.service.validate(parsed(review(body)))
+    assert time.monotonic() - started < 1.0
+    assert "too long to analyse" in message(decision.response)

@@ -148,3 +148,11 @@ def test_with_digest_keeps_the_tag() -> None:
 )
 def test_normalize_host_matches_docker_config_keys(key: str, host: str) -> None:
     assert normalize_host(key) == host
+
+
+def test_a_reference_longer_than_any_valid_one_is_refused_briefly() -> None:
+    """Tenants must not fill the parse memo (or messages) with megabytes."""
+    huge = "registry.example/app@sha256:" + "a" * 65_536
+    with pytest.raises(InvalidReference, match="over the 1024") as info:
+        Reference.parse(huge)
+    assert len(str(info.value)) < 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -93,15 +94,27 @@ def facts_json(facts: ImageFacts, derived: dict[str, Any]) -> dict[str, Any]:
             if facts.manifest_digest and facts.manifest_digest != facts.digest
             else {}
         ),
-        **{k: v for k, v in derived.items() if k not in ("base", "user")},
+        **{k: _bounded(v) for k, v in derived.items() if k not in ("base", "user")},
     }
+
+
+def _bounded(value: Any) -> Any:
+    """Derived facts quote the Pod (its argv), which a tenant may make megabytes long; a
+    verdict is cached and reported, so each string keeps 1,024 characters, each list 256."""
+    if isinstance(value, str):
+        return value if len(value) <= 1024 else value[:1023] + "…"
+    if isinstance(value, list | tuple):
+        return [_bounded(v) for v in value[:256]]
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    return value
 
 
 # Image, policies, platform, placement, container context, and who asked (the credentials'
 # identity): a verdict read with one tenant's pull secret is never handed to another.
-ResultKey = tuple[
-    str, tuple[int, ...], Platform | None, Placement, ContainerContext | None, Hashable
-]
+# The container context is kept as a digest: a Pod's command can be megabytes, and a cache key
+# holds its strings for as long as the entry lives.
+ResultKey = tuple[str, tuple[int, ...], Platform | None, Placement, str, Hashable]
 
 
 DAEMON_REFUSED = (
@@ -170,7 +183,7 @@ class Checker:
         )
         if result.verdict != "error" and not result.transient:  # errors: a shorter cache below
             key: ResultKey = (
-                image, tuple(map(id, applicable)), platform, placement, container, who
+                image, tuple(map(id, applicable)), platform, placement, _digest(container), who
             )  # fmt: skip
             self._results[key] = (tuple(applicable), result)
         return result
@@ -207,7 +220,7 @@ class Checker:
         if not applicable:
             return applicable, CheckResult(image, "pass")
         key: ResultKey = (
-            image, tuple(map(id, applicable)), platform, placement, container, credentials
+            image, tuple(map(id, applicable)), platform, placement, _digest(container), credentials
         )  # fmt: skip
         cached = self._results.get(key)
         return applicable, cached[1] if cached is not None else None
@@ -352,6 +365,10 @@ async def _known_base(
     except ImagegateError as err:
         return KnownBase(ref, error=str(err))
     return KnownBase(ref, base.digest, tuple(base.diff_ids))
+
+
+def _digest(container: ContainerContext | None) -> str:
+    return hashlib.sha256(repr(container).encode()).hexdigest()
 
 
 def _fingerprint(image: str, keyring: Keyring | None) -> str:

@@ -50,8 +50,19 @@ def evaluate(
     derived: dict[str, Any] = {}
     for outcome in outcomes:
         violations.extend(
-            Violation(v.rule, v.message, v.severity, policy.name, v.at_most)
+            Violation(v.rule, _clip(v.message), v.severity, policy.name, v.at_most)
             for v in outcome.violations
         )
         derived |= outcome.facts
     return RuleOutcome(violations, derived)
+
+
+MAX_MESSAGE_CHARS = 2000
+
+
+def _clip(message: str) -> str:
+    """Messages quote what the Pod runs, which a tenant may make megabytes long; a verdict
+    is cached and shown, so it keeps the first 2,000 characters."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"

@@ -113,7 +113,9 @@ def pod_template(kind: str, obj: dict[str, Any]) -> PodTemplate | None:
                 args=_str_list(item.get("args")),
                 run_as_user=_int(security.get("runAsUser")),
                 pod_run_as_user=_int(pod_security.get("runAsUser")),
-                run_as_non_root=security.get("runAsNonRoot", pod_security.get("runAsNonRoot")),
+                run_as_non_root=_bool(
+                    security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+                ),
             )
             name = str(item.get("name") or f"#{index}")
             containers.append(Container(list_name, index, name, image, context, path))
@@ -169,6 +171,10 @@ def changed(new: PodTemplate, old: PodTemplate | None) -> list[Container]:
         return new.containers
     before = {(c.list_name, c.name): (c.image, c.context) for c in old.containers}
     return [c for c in new.containers if before.get((c.list_name, c.name)) != (c.image, c.context)]
+
+
+def _bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def _dict(value: Any) -> dict[str, Any]:

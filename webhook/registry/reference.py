@@ -21,6 +21,9 @@ _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 _DOMAIN = re.compile(r"^(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
 
 
+MAX_REFERENCE_LENGTH = 1024
+
+
 @dataclass(frozen=True)
 class Reference:
     """A normalised image reference. `tag` is None only when a digest is given."""
@@ -33,7 +36,14 @@ class Reference:
     @classmethod
     def parse(cls, text: str) -> Reference:
         """Parse like Docker; raises InvalidReference saying what is wrong. Memoised: the
-        webhook parses the same few references on every admission."""
+        webhook parses the same few references on every admission. Longer than any valid
+        reference (name 255, tag 128, a sha512 digest, a 253-character host) is refused
+        before the memo, so tenants cannot fill it with megabytes."""
+        if len(text) > MAX_REFERENCE_LENGTH:
+            raise InvalidReference(
+                f"invalid reference {text[:60]!r}…: {len(text)} characters, over the "
+                f"{MAX_REFERENCE_LENGTH} any valid image reference fits in"
+            )
         return _parse(text)
 
     @classmethod

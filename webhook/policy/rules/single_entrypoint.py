@@ -76,6 +76,11 @@ class ShellCall:
     """After the command string: `$0`, `$1`…; without `-c`: the script file, then `$1`…"""
 
 
+# A command string longer than this is not analysed (and fails): no single-process container
+# needs one, and parsing megabytes would hold the webhook for seconds.
+MAX_SCRIPT_CHARS = 64 * 1024
+
+
 def effective_argv(
     entrypoint: list[str] | None, cmd: list[str] | None, container: ContainerContext | None
 ) -> list[str]:
@@ -160,6 +165,11 @@ def _wrapper_problem(
 
 def _shell_problem(rule: SingleEntrypointRule, call: ShellCall, depth: int) -> str | None:
     script = call.script or ""
+    if len(script) > MAX_SCRIPT_CHARS:  # shlex is slow on megabytes, and blocks the webhook
+        return (
+            f"the shell command {script[:60]!r}… is {len(script):,} characters, too long to "
+            f"analyse (over {MAX_SCRIPT_CHARS:,}): {EXEC_FIX}"
+        )
     try:
         words = REDIRECT_ALL.sub(">", REDIRECT_DUP.sub(" ", script)).replace("\n", " ; ")
         lexer = shlex.shlex(words, posix=True, punctuation_chars=";&|")
@@ -294,6 +304,8 @@ def _env_command(args: list[str]) -> list[str] | str:
             value = args[index] if index < len(args) else ""
             index += 1
         if option in ("-S", "--split-string"):
+            if len(value or "") > MAX_SCRIPT_CHARS:
+                return f"`env -S` with {len(value or ''):,} characters is too long to analyse"
             try:
                 words = shlex.split(value or "")
             except ValueError as err:
