@@ -187,7 +187,10 @@ def serve(
         app_ = create_app(settings)
     if self_signed and certs is not None:
         print(f"caBundle: {certs.ca_bundle()}", flush=True)
-    run(app_, host, port, certs, hook.cert_reload_seconds, hook.shutdown_delay_seconds)
+    run(
+        app_, host, port, certs, hook.cert_reload_seconds, hook.shutdown_delay_seconds,
+        head_timeout=hook.header_timeout_seconds, keep_alive=hook.keep_alive_seconds,
+    )  # fmt: skip
 
 
 def _serving_certs(

@@ -69,6 +69,15 @@ class WebhookSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=3 * 1024 * 1024, gt=0, description="Larger AdmissionReview bodies are refused."
     )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's head must arrive within this; else closed."
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A request's body must arrive within this; else 408."
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
     max_containers: int = Field(
         default=100, gt=0, description="Objects with more containers (all lists) are denied."
     )

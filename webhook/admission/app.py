@@ -8,6 +8,7 @@ transport), a cluster reader, a static policy store.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from webhook.admission.metrics import Metrics
 from webhook.admission.models import AdmissionRequest, AdmissionReview, review_json
@@ -32,7 +34,7 @@ from webhook.policy.model import ImagePolicy
 from webhook.policy.store import ClusterPolicies, PolicyStore, StaticPolicies
 from webhook.rebuild.replacements import Replacements, read_replacements
 from webhook.report.recorder import ReportRecorder, report_writer
-from webhook.settings import Settings
+from webhook.settings import Settings, WebhookSettings
 
 log = logging.getLogger("imagegate.admission")
 
@@ -111,16 +113,16 @@ def create_app(
                 await ctx.aclose()
 
     app = FastAPI(title="imagegate webhook", lifespan=lifespan, docs_url=None, redoc_url=None)
-    limit = settings.webhook.max_body_bytes
+    hook = settings.webhook
 
     # The two admission routes are plain Starlette routes: they read the raw body themselves
     # (size limit, 400 on garbage), so FastAPI's per-request dependency solving buys nothing
     # on the hottest path of the service.
     async def validate(request: Request) -> Response:
-        return await _review(request, "validate", limit)
+        return await _review(request, "validate", hook)
 
     async def mutate(request: Request) -> Response:
-        return await _review(request, "mutate", limit)
+        return await _review(request, "mutate", hook)
 
     app.add_route("/validate", validate, methods=["POST"], include_in_schema=False)
     app.add_route("/mutate", mutate, methods=["POST"], include_in_schema=False)
@@ -145,11 +147,21 @@ def create_app(
     return app
 
 
-async def _review(request: Request, endpoint: str, limit: int) -> Response:
+async def _review(request: Request, endpoint: str, hook: WebhookSettings) -> Response:
     parts = _parts(request)
     started = time.perf_counter()
     try:
-        review = await _read_review(request, limit)
+        async with asyncio.timeout(hook.body_timeout_seconds):
+            review = await _read_review(request, hook.max_body_bytes)
+    except TimeoutError:  # a client dribbling its body must not hold a connection for ever
+        parts.metrics.error("slow-body")
+        message = f"request body not received within {hook.body_timeout_seconds:g} s"
+        log.info("refused a slow request", extra={"error": message})
+        return PlainTextResponse(message, status_code=408)
+    except ClientDisconnect:  # the client went away: nothing to answer, nothing to alarm
+        parts.metrics.error("disconnect")
+        log.debug("client disconnected before its review arrived")
+        return Response(status_code=400)
     except BadReview as err:
         parts.metrics.error("too-large" if isinstance(err, TooLarge) else "bad-review")
         log.warning("refused a malformed AdmissionReview", extra={"error": err.message})
