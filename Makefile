@@ -75,6 +75,7 @@ bench: engine venv tools
 	$(VENV)/bin/python bench/bench_webhook.py
 	$(VENV)/bin/python bench/bench_scan.py
 	$(VENV)/bin/python bench/bench_memory.py
+	$(VENV)/bin/python bench/bench_isolation.py
 
 # Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
 -include hack/make/*.mk

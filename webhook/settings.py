@@ -179,4 +179,6 @@ class Settings(BaseSettings):
             "runnable platform the policies allow."
         ),
     )
-    check_concurrency: int = Field(default=16, gt=0, description="Images checked at once.")
+    check_concurrency: int = Field(
+        default=16, gt=0, description="Images inspected at once, per registry."
+    )

@@ -18,13 +18,16 @@ class SingleFlight(Generic[K]):
 
     * the first caller starts `factory()` as a task; later callers await the same task;
     * a cancelled caller only stops waiting: the shared task is shielded and keeps running for
-      the others (and, if everyone left, still finishes and fills the caches);
+      the others; when the last waiter leaves, the task is cancelled, so an admission that
+      ran out of time stops its fetches and their retry sleeps instead of leaving them to
+      hold connections and slots for a stalled registry;
     * an exception reaches every waiter;
     * the key is released as soon as the task ends, so the next call starts afresh.
     """
 
     def __init__(self) -> None:
         self._flights: dict[K, asyncio.Task[object]] = {}
+        self._waiters: dict[asyncio.Task[object], int] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -38,7 +41,17 @@ class SingleFlight(Generic[K]):
             task = asyncio.ensure_future(self._run(key, factory))
             self._flights[key] = task
             task.add_done_callback(_consume)
-        return cast(T, await asyncio.shield(task))
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            return cast(T, await asyncio.shield(task))
+        finally:
+            left = self._waiters[task] - 1
+            if left:
+                self._waiters[task] = left
+            else:
+                del self._waiters[task]
+                if not task.done():  # nobody waits any more
+                    task.cancel()
 
     async def _run(self, key: K, factory: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -165,19 +165,27 @@ async def test_cancelling_one_waiter_does_not_cancel_the_shared_work() -> None:
     assert calls == 1
 
 
-async def test_work_finishes_even_when_every_waiter_left() -> None:
+async def test_work_is_cancelled_when_every_waiter_left() -> None:
+    """An admission out of time must not leave its fetch (and retry sleeps) running on."""
     sf: SingleFlight[str] = SingleFlight()
-    finished = asyncio.Event()
+    cancelled = asyncio.Event()
 
     async def work() -> str:
-        await asyncio.sleep(0.01)
-        finished.set()
-        return "cached"
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
 
-    waiter = asyncio.create_task(sf.do("k", work))
+    waiters = [asyncio.create_task(sf.do("k", work)) for _ in range(3)]
     await asyncio.sleep(0)
-    waiter.cancel()
-    await asyncio.wait_for(finished.wait(), 1)
+    waiters[0].cancel()
+    waiters[1].cancel()
+    await asyncio.sleep(0.01)
+    assert not cancelled.is_set()  # one waiter is still there
+    waiters[2].cancel()
+    await asyncio.wait_for(cancelled.wait(), 1)
     await asyncio.sleep(0)
     assert "k" not in sf
 

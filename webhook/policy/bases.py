@@ -7,18 +7,18 @@ rule (`webhook.policy.rules.allowed_base.check`) gets the resulting `ClaimCheck`
 
 Every read goes through the `RegistryClient`, so a repeated check costs no I/O (manifests and
 configs are cached by digest for good, tag→digest for the tag TTL) and concurrent checks of
-images on the same base share one fetch; `limit` (the Checker's semaphore) bounds the
+images on the same base share one fetch; `limit` (the Checker's per-registry slots) bounds the
 concurrent reads. Reads use the same keyring as the image (the pod's pull secrets merged in
 front of the webhook's own credentials).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Sequence
 
 from webhook.errors import ImagegateError
+from webhook.policy.limits import RegistryLimits
 from webhook.policy.model import SCRATCH, AllowedBasesRule
 from webhook.policy.rules.allowed_base import (
     BASE_DIGEST,
@@ -42,7 +42,7 @@ async def check_claim(
     facts: ImageFacts,
     platform: Platform,
     keyring: Keyring | None = None,
-    limit: asyncio.Semaphore | None = None,
+    limit: RegistryLimits | None = None,
 ) -> ClaimCheck | None:
     """The verification of the image's base claim, or None when there is nothing to verify:
     the rule is disabled, the image makes no claim, claims `scratch` (no base layers to
@@ -61,7 +61,7 @@ async def verify_claim(
     diff_ids: Sequence[str],
     platform: Platform,
     keyring: Keyring | None = None,
-    limit: asyncio.Semaphore | None = None,
+    limit: RegistryLimits | None = None,
 ) -> ClaimCheck:
     """Read the claimed base and compare its layers with `diff_ids` (the image's).
 
@@ -120,10 +120,10 @@ async def _read(
     ref: Reference,
     platform: Platform,
     keyring: Keyring | None,
-    limit: asyncio.Semaphore | None,
+    limit: RegistryLimits | None,
 ) -> ImageFacts | ImagegateError:
     try:
-        async with limit if limit is not None else contextlib.nullcontext():
+        async with limit(ref.registry) if limit is not None else contextlib.nullcontext():
             return await client.inspect(ref, platform, keyring)
     except ImagegateError as err:
         return err

@@ -19,6 +19,7 @@ from cachetools import TTLCache
 from webhook.errors import ImagegateError
 from webhook.policy.bases import check_claim
 from webhook.policy.evaluate import evaluate
+from webhook.policy.limits import RegistryLimits
 from webhook.policy.model import ImagePolicy
 from webhook.policy.outcome import ContainerContext, Violation
 from webhook.policy.platforms import ANYWHERE, Placement, wanted_platforms
@@ -145,7 +146,7 @@ class Checker:
         docker.io/library/docker-daemon instead of what was checked."""
         self._client = client
         self._local_images = local_images
-        self._limit = asyncio.Semaphore(concurrency)
+        self._limits = RegistryLimits(concurrency)
         # Values hold the policies too, so their ids in the key cannot be reused while cached.
         self._results: TTLCache[ResultKey, tuple[tuple[ImagePolicy, ...], CheckResult]] = TTLCache(
             maxsize=65536, ttl=result_ttl
@@ -245,7 +246,7 @@ class Checker:
             return await self._check(image, applicable, single, container, keyring)
         names = [p.name for p in applicable]
         try:
-            async with self._limit:
+            async with self._limits.of_image(image):
                 listed = await self._client.platforms(Reference.parse(image), keyring)
         except ImagegateError as err:
             return CheckResult(image, "error", policies=names, error=str(err))
@@ -285,7 +286,7 @@ class Checker:
                 image, "error", platform=str(chosen), policies=names, error=DAEMON_REFUSED
             )
         try:
-            async with self._limit:
+            async with self._limits.of_image(image):
                 facts = await inspect_image(image, chosen, self._client, keyring)
             reference = None if image.startswith(DAEMON_PREFIX) else Reference.parse(image)
         except ImagegateError as err:
@@ -294,7 +295,7 @@ class Checker:
         derived: dict[str, Any] = {}
         transient = False
         for policy in applicable:
-            known = await known_bases(self._client, [policy], chosen, keyring, self._limit)
+            known = await known_bases(self._client, [policy], chosen, keyring, self._limits)
             unreadable = [k for k in known if k.error]
             if unreadable and identify_base(facts, known) is None:
                 # Not a verdict: the base may well be approved. An error goes through onError
@@ -306,7 +307,7 @@ class Checker:
                     policies=names, error=f"cannot read the approved base images ({reasons})",
                 )  # fmt: skip
             claim = await check_claim(
-                self._client, policy.spec.rules.allowed_bases, facts, chosen, keyring, self._limit
+                self._client, policy.spec.rules.allowed_bases, facts, chosen, keyring, self._limits
             )
             transient = transient or (claim is not None and claim.status == "unverifiable")
             outcome = evaluate(policy, facts, reference, known, container, claim)
@@ -335,7 +336,7 @@ async def known_bases(
     policies: Iterable[ImagePolicy],
     platform: Platform,
     keyring: Keyring | None = None,
-    limit: asyncio.Semaphore | None = None,
+    limit: RegistryLimits | None = None,
 ) -> list[KnownBase]:
     """The approved bases named by the enabled `allowedBases` rules of `policies` (each once, in
     order), read for `platform`; one that cannot be read carries its error instead.
@@ -357,10 +358,10 @@ async def _known_base(
     ref: str,
     platform: Platform,
     keyring: Keyring | None,
-    limit: asyncio.Semaphore | None,
+    limit: RegistryLimits | None,
 ) -> KnownBase:
     try:
-        async with limit if limit is not None else contextlib.nullcontext():
+        async with limit.of_image(ref) if limit is not None else contextlib.nullcontext():
             base = await inspect_image(ref, platform, client, keyring)
     except ImagegateError as err:
         return KnownBase(ref, error=str(err))

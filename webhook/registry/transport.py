@@ -129,6 +129,9 @@ class RegistryTransport:
             timeout=httpx.Timeout(settings.timeout_seconds),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
+            # Concurrency is bounded per registry by the Checker (webhook.policy.limits); one
+            # pool of 100 shared by all let a few stalled registries hold every connection.
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
         )
         self._tokens = TokenCache(timer=timer)
 
