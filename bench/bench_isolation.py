@@ -13,13 +13,10 @@ when it is not met.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import statistics
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.small_image import CONFIG, MANIFEST, review  # noqa: E402
 from webhook.admission.app import create_app  # noqa: E402
 from webhook.context import ProcessContext  # noqa: E402
 from webhook.k8s.cluster import NoCluster  # noqa: E402
@@ -41,28 +39,6 @@ from webhook.settings import Settings  # noqa: E402
 
 STALLED, HEALTHY, BATCH = 50, 80, 10
 P99_LIMIT = 1.0
-CONFIG = json.dumps(
-    {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"User": "65532", "Entrypoint": ["/app"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
-    }
-).encode()
-CONFIG_DIGEST = "sha256:" + hashlib.sha256(CONFIG).hexdigest()
-LAYER = {
-    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "digest": "sha256:" + "2" * 64,
-    "size": 1000,
-}
-MANIFEST = json.dumps(
-    {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": CONFIG_DIGEST, "size": len(CONFIG)},
-        "layers": [LAYER],
-    }
-).encode()
 
 
 def serve(stall: threading.Event | None) -> ThreadingHTTPServer:
@@ -94,26 +70,6 @@ def serve(stall: threading.Event | None) -> ThreadingHTTPServer:
     return server
 
 
-def review(image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "p", "namespace": "team-a"},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
-
-
 async def main() -> int:
     release = threading.Event()
     stalled, healthy = serve(release), serve(None)
@@ -134,7 +90,7 @@ async def main() -> int:
 
         async def admit(image: str) -> tuple[float, int, bool]:
             started = time.perf_counter()
-            answer = await http.post("/validate", json=review(image))
+            answer = await http.post("/validate", json=review({"image": image}))
             allowed = answer.status_code == 200 and answer.json()["response"]["allowed"]
             return time.perf_counter() - started, answer.status_code, allowed
 

@@ -16,10 +16,7 @@ bound from the issue is 256 MB after each; the script exits 1 when a scenario ex
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from bench.small_image import CONFIG, MANIFEST, review  # noqa: E402
 from webhook.admission.app import create_app  # noqa: E402
 from webhook.context import ProcessContext  # noqa: E402
 from webhook.k8s.cluster import NoCluster  # noqa: E402
@@ -42,24 +40,6 @@ from webhook.registry.client import RegistryClient  # noqa: E402
 from webhook.settings import Settings  # noqa: E402
 
 LIMIT_MB = 256.0
-LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-CONFIG = json.dumps(
-    {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"User": "65532", "Entrypoint": ["/app"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
-    }
-).encode()
-CONFIG_DIGEST = "sha256:" + hashlib.sha256(CONFIG).hexdigest()
-MANIFEST = json.dumps(
-    {
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "config": {"mediaType": mt.OCI_CONFIG, "digest": CONFIG_DIGEST, "size": len(CONFIG)},
-        "layers": [{"mediaType": LAYER, "digest": "sha256:" + "2" * 64, "size": 1000}],
-    }
-).encode()
 
 
 def registry(request: httpx.Request) -> httpx.Response:
@@ -87,26 +67,6 @@ def webhook() -> Iterator[TestClient]:
     )
     with TestClient(app) as test_client:
         yield test_client
-
-
-def review(container: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "p", "namespace": "team-a"},
-                "spec": {"containers": [{"name": "app", **container}]},
-            },
-        },
-    }
 
 
 def scenario(name: str, count: int, container: Callable[[int], dict[str, Any]]) -> bool:
