@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.small_image import CONFIG, MANIFEST, review  # noqa: E402
+from tests.support.small_image import CONFIG, MANIFEST, review  # noqa: E402
 from webhook.admission.app import create_app  # noqa: E402
 from webhook.context import ProcessContext  # noqa: E402
 from webhook.k8s.cluster import NoCluster  # noqa: E402

@@ -21,51 +21,16 @@ figures; `tests/integration/test_chaos.py` runs it briefly inside `make test`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import statistics
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.small_image import CONFIG, OCI_MANIFEST, manifest, review, sha256
 from tests.support.webhook import WebhookServer
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-CONFIG = json.dumps(
-    {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"User": "65532", "Entrypoint": ["/app"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
-    }
-).encode()
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _manifest(config: bytes) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": _sha(config), "size": len(config)},
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": "sha256:" + "2" * 64,
-                    "size": 1000,
-                }
-            ],
-        }
-    ).encode()
-
 
 FAULTS = (
     "healthy",
@@ -130,7 +95,7 @@ class ChaosRegistry:
             self.release.wait(120)
             return
         if fault == "drip" and not blob:
-            body = _manifest(config)
+            body = manifest(config)
             self._head(h, 200, {"Content-Type": OCI_MANIFEST}, len(body))
             for i in range(len(body)):
                 if self.release.wait(1.0):
@@ -165,8 +130,8 @@ class ChaosRegistry:
         elif blob:
             self._send(h, 200, {"Content-Type": "application/octet-stream"}, config)
         else:
-            body = _manifest(config)
-            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": _sha(body)}
+            body = manifest(config)
+            headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256(body)}
             if fault == "lying-digest":
                 headers["Docker-Content-Digest"] = "sha256:" + "f" * 64
             self._send(h, 200, headers, body)
@@ -186,27 +151,6 @@ class ChaosRegistry:
         self._head(h, status, headers, len(body))
         if h.command != "HEAD":
             h.wfile.write(body)
-
-
-def review(images: list[str]) -> dict[str, Any]:
-    containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "chaos",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "chaos", "namespace": "chaos"},
-                "spec": {"containers": containers},
-            },
-        },
-    }
 
 
 @dataclass
@@ -250,8 +194,15 @@ async def drive(
     figures = Figures()
     pid = server.process.pid
     rss_before, fds_before = process_figures(pid)
-    reviews = [review([registry.image(f, n)]) for n in range(rounds) for f in FAULTS]
-    reviews += [review([registry.image(f, 1000 + n) for f in FAULTS]) for n in range(rounds)]
+    reviews = [
+        review({"image": registry.image(f, n)}, namespace="chaos")
+        for n in range(rounds)
+        for f in FAULTS
+    ]
+    reviews += [
+        review(*({"image": registry.image(f, 1000 + n)} for f in FAULTS), namespace="chaos")
+        for n in range(rounds)
+    ]
     limit = asyncio.Semaphore(concurrency)
     async with server.async_client() as http:
 
