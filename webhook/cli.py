@@ -398,7 +398,7 @@ async def _scan(settings: Settings, kubeconfig: str | None) -> list[Any]:
         policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)
         await policies.refresh()
         async with aclosing(ProcessContext.from_settings(settings)) as context:
-            scanner = Scanner(context.checker, cluster, None, context.keyring)
+            scanner = Scanner(context.checker, cluster, None, context.tenant_keyring)
             outcome = await scanner.scan(policies.policies)
             return list(outcome.entries)
     finally:

@@ -25,6 +25,11 @@ class ProcessContext:
     registry: RegistryClient
     checker: Checker
 
+    @property
+    def tenant_keyring(self) -> Keyring:
+        """What tenants' images are read with besides their pull secrets."""
+        return self.keyring.only_for(self.settings.registry.tenant_credential_hosts)
+
     @classmethod
     def from_settings(
         cls,

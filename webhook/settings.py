@@ -32,6 +32,15 @@ class RegistrySettings(BaseSettings):
             "registry is loopback or insecure."
         ),
     )
+    tenant_credential_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Registries for which the webhook's own docker config credentials are also used to "
+            "inspect tenants' images (after their pull secrets). Empty: tenants' images are "
+            "read with their pull secrets only, so the webhook's credentials never open a "
+            "private image for a tenant who has no access to it."
+        ),
+    )
     docker_config: Path | None = Field(
         default=None,
         validation_alias=AliasChoices(

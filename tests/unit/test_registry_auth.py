@@ -414,3 +414,28 @@ def test_token_cache_forgets_tokens_before_they_expire() -> None:
     assert cache.get(key) == "Bearer t"
     now[0] = 56
     assert cache.get(key) is None
+
+
+async def test_the_webhooks_own_credentials_reach_tenants_only_for_listed_registries() -> None:
+    """Its docker config must not open, for a tenant without access, what the webhook can read."""
+    from webhook.context import ProcessContext
+    from webhook.settings import RegistrySettings, Settings
+
+    own = Keyring.from_dockerconfigjson(
+        {
+            "auths": {
+                "private.example": {"auth": b64("ops:pw")},
+                "shared.example": {"auth": b64("ci:pw")},
+            }
+        },
+        source="the webhook's docker config",
+    )
+    for hosts, private, shared in [([], None, None), (["shared.example"], None, "ci")]:
+        settings = Settings(registry=RegistrySettings(tenant_credential_hosts=hosts))
+        context = ProcessContext.from_settings(settings, keyring=own)
+        tenants = context.tenant_keyring
+        got = [await tenants.get(h) for h in ("private.example", "shared.example")]
+        assert [c.username if c else None for c in got] == [private, shared]
+        assert tenants.fingerprint("private.example") == "anonymous"
+        assert (await context.keyring.get("private.example")) is not None  # its own reads
+        await context.aclose()

@@ -90,7 +90,7 @@ def create_app(
         try:
             metrics = Metrics(ctx.registry.stats)
             service = AdmissionService(
-                ctx.checker, store, reader, replacements, hook, ctx.keyring, recorder,
+                ctx.checker, store, reader, replacements, hook, ctx.tenant_keyring, recorder,
                 count_error=metrics.error,
             )  # fmt: skip
             app.state.parts = Parts(service, metrics, store)

@@ -54,7 +54,7 @@ class Runtime:
         writer = report_writer(cluster)
         hook = settings.webhook
         scanner = Scanner(
-            context.checker, cluster, writer, context.keyring,
+            context.checker, cluster, writer, context.tenant_keyring,
             exempt_namespaces=hook.skipped_namespaces, opt_out_label=hook.opt_out_label,
         )  # fmt: skip
         rebuilds = RebuildService(

@@ -25,7 +25,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,18 @@ class CredentialSource:
     auths: Mapping[str, Credential] = field(default_factory=dict)
     helpers: Mapping[str, str] = field(default_factory=dict)
     store: str | None = None
+    # When set, the source answers only for these hosts (see `Keyring.only_for`).
+    hosts: frozenset[str] | None = None
 
     def helper_for(self, host: str) -> str | None:
+        if self.hosts is not None and host not in self.hosts:
+            return None
         return self.helpers.get(host) or self.store
+
+    def static_for(self, host: str) -> Credential | None:
+        if self.hosts is not None and host not in self.hosts:
+            return None
+        return self.auths.get(host)
 
 
 class Keyring:
@@ -153,6 +162,23 @@ class Keyring:
         auths: Mapping[str, Any] = nested if isinstance(nested, dict) else data
         return cls((CredentialSource(description=source, auths=_parse_auths(auths, source)),))
 
+    def only_for(self, hosts: Iterable[str]) -> Keyring:
+        """This keyring, answering only for `hosts` (no hosts: an empty keyring).
+
+        The webhook inspects tenants' images with their pull secrets; its own credentials are
+        added only for the registries listed in IMAGEGATE_REGISTRY_TENANT_CREDENTIAL_HOSTS, so
+        they never open, for a tenant without access, a private image the webhook can read.
+        """
+        allowed = frozenset(normalize_host(h) for h in hosts)
+        if not allowed:
+            return Keyring((), self._helper_timeout)
+        listed = ", ".join(sorted(allowed))
+        return Keyring(
+            [replace(s, hosts=allowed, description=f"{s.description} (only for {listed})")
+             for s in self._sources],
+            self._helper_timeout,
+        )  # fmt: skip
+
     def merged(self, other: Keyring) -> Keyring:
         """A keyring that asks `self` first, then `other`: the first source knowing a host wins."""
         return Keyring(self._sources + other._sources, self._helper_timeout)
@@ -175,7 +201,7 @@ class Keyring:
         parts: list[str] = []
         for src in self._sources:
             helper = src.helper_for(host)
-            cred = src.auths.get(host)
+            cred = src.static_for(host)
             if helper:
                 parts.append(f"helper:{helper}")
             if cred:
@@ -197,7 +223,7 @@ class Keyring:
                 cred = await self._from_helper(helper, host, src.description)
                 if cred is not None:
                     return cred
-            static = src.auths.get(host)
+            static = src.static_for(host)
             if static is not None:
                 return static
         return None
