@@ -180,6 +180,10 @@ def installed(
                             "allowedBases": {"references": [fixture_images["base"]]},
                             "sizeBudget": {"maxCompressedSize": "2MB"},
                         },
+                        # ImageRebuilds of the tests push next to the fixtures.
+                        "remediation": {
+                            "targetRepositories": [fixture_images["base"].split("/")[0] + "/*"]
+                        },
                     }
                 },
             }

@@ -252,6 +252,8 @@ def release_values(kind: Kind, image: OwnImage, images: dict[str, str]) -> dict[
                 "mode": "enforce",
                 "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
                 "rules": {"allowedBases": {"references": [images["base"]]}},
+                # ImageRebuilds of the tests push to the kind registry.
+                "remediation": {"targetRepositories": [f"{REGISTRY}/*"]},
             }
         },
     }

@@ -21,7 +21,8 @@ from typing import Any, cast
 import pytest
 
 import webhook.operator.rebuilds as rebuilds
-from tests.unit.fakes import digest, policy
+from tests.unit.fakes import digest
+from tests.unit.fakes import policy as plain_policy
 from webhook.errors import (
     ClusterConflict,
     ClusterError,
@@ -42,6 +43,14 @@ from webhook.rebuild.model import ImageRebuildStatus
 from webhook.registry.facts import Platform
 
 SOURCE = "localhost:5001/team/root:1.0"
+ALLOW_TEAM = {"targetRepositories": ["localhost:5001/team/*"]}
+
+
+def policy(name: str = "default", **spec: Any) -> ImagePolicy:
+    """A policy whose rebuilds may push to localhost:5001/team/* (TARGET is there)."""
+    return plain_policy(name, **{"remediation": ALLOW_TEAM, **spec})
+
+
 TARGET = "localhost:5001/team/root-fixed"
 REPLACEMENT = f"{TARGET}@{digest('f')}"
 SPEC: dict[str, Any] = {"source": SOURCE, "targetRepository": TARGET}
@@ -467,7 +476,7 @@ async def test_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
             id="defaults-every-policy-and-uid-65532",
         ),
         pytest.param(
-            SPEC,
+            {**SPEC, "targetRepository": "localhost:5001/team/root"},  # its own repository
             (),
             {"policies": ["default"]},
             id="no-policy-in-the-cluster-means-the-default-policy",
@@ -514,7 +523,7 @@ async def test_engine_is_asked_for_what_the_spec_says(
     _, error, _, engine = await reconcile(row, monkeypatch, tmp_path)
     assert error is None
     [call] = engine.calls
-    assert (call["source"], call["target"]) == (SOURCE, TARGET)
+    assert (call["source"], call["target"]) == (SOURCE, spec["targetRepository"])
     seen = {**call, "policies": [p.name for p in call["policies"]]}
     assert {k: seen[k] for k in wanted} == wanted
 
@@ -577,3 +586,53 @@ async def test_an_invalid_platform_among_several_is_refused(
     assert "invalid platform 'bogus'" in str(error)
     assert engine.calls == []
     assert objects.patches[-1].status["phase"] == "Failed"
+
+
+# ---- where the operator may push: a policy says so, or it is the source's own repository
+
+
+@pytest.mark.parametrize(
+    ("target", "remediation", "allowed"),
+    [
+        pytest.param("localhost:5001/team/root", {}, True, id="the-source-repository"),
+        pytest.param("localhost:5001/elsewhere/x", {}, False, id="not-allowed-by-default"),
+        pytest.param(
+            "evil.example/loot", {"targetRepositories": ["localhost:5001/*"]}, False, id="no-glob"
+        ),
+        pytest.param(
+            "localhost:5001/rebuilt/root",
+            {"targetRepositories": ["localhost:5001/rebuilt/*"]},
+            True,
+            id="glob",
+        ),
+        pytest.param(
+            "registry.example/fixed",
+            {"targetRepository": "registry.example/fixed"},
+            True,
+            id="the-policys-target-repository",
+        ),
+    ],
+)
+async def test_a_rebuild_pushes_only_where_a_policy_allows(
+    target: str,
+    remediation: dict[str, Any],
+    allowed: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The operator pushes with its own credentials: whoever may create an ImageRebuild must
+    not make it copy an image to a registry of their choosing."""
+    row = Row(
+        spec={"source": SOURCE, "targetRepository": target},
+        policies=(plain_policy(remediation=remediation),),
+        engine=result(),
+        outcome=Outcome("Rebuilt", f"{SOURCE} → {REPLACEMENT}"),
+    )
+    _, error, objects, engine = await reconcile(row, monkeypatch, tmp_path)
+    assert (len(engine.calls) == 1) is allowed
+    if not allowed:
+        assert isinstance(error, GiveUp)
+        assert f"targetRepository {target} is not allowed" in str(error)
+        [(phase, message)] = [(p.status["phase"], p.status["message"]) for p in objects.patches]
+        assert phase == "Failed"
+        assert "is not allowed" in message

@@ -96,6 +96,7 @@ class RebuildService:
             raise GiveUp(f"invalid spec: {err}") from None
         try:
             policies = self._chosen_policies(wanted)
+            _check_target(wanted, policies)
         except GiveUp as err:
             await self._write(namespace, name, generation, Phase.failed, str(err))
             raise
@@ -194,6 +195,18 @@ class RebuildService:
             "runningSince": None,
         }
         await self._objects.patch_status(PLURAL, namespace, name, status)
+
+
+def _check_target(spec: ImageRebuildSpec, policies: list[ImagePolicy]) -> None:
+    """The operator pushes with its own credentials: only where a policy says it may."""
+    if any(p.spec.remediation.allows_target(spec.source, spec.target_repository) for p in policies):
+        return
+    names = ", ".join(p.name for p in policies)
+    raise GiveUp(
+        f"targetRepository {spec.target_repository} is not allowed: rebuilds push only to the "
+        f"source's own repository or to a repository the policy allows "
+        f"(remediation.targetRepository or remediation.targetRepositories of {names})"
+    )
 
 
 def _done(status: dict[str, Any], generation: int) -> bool:

@@ -306,6 +306,26 @@ class Remediation(_Model):
             "repository, under a new unique tag (tags are never overwritten)."
         ),
     )
+    target_repositories: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Other repositories an ImageRebuild under this policy may push to (registry/name, "
+            "`*` globs such as `registry.example/rebuilt/*`). The source's own repository and "
+            "targetRepository are always allowed; any other target ends the rebuild Failed, so "
+            "whoever may create an ImageRebuild cannot make the operator push elsewhere."
+        ),
+    )
+
+    def allows_target(self, source: str, target: str) -> bool:
+        """Whether a rebuild of `source` may push to the repository `target`."""
+        try:
+            own = Reference.parse(source).name
+            wanted = Reference.parse(target).name
+        except ImagegateError:
+            return False
+        if wanted == own or (self.target_repository and wanted == self.target_repository):
+            return True
+        return any(fnmatch.fnmatchcase(wanted, pattern) for pattern in self.target_repositories)
 
 
 _PLATFORM_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$"
