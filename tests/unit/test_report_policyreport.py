@@ -413,3 +413,24 @@ def test_results_of_other_sources_are_ignored() -> None:
         ],
     }
     assert entries_from_policy_reports([kyverno]) == []
+
+
+@pytest.mark.parametrize(("verified", "prop"), [(True, "true"), (False, "false"), (None, None)])
+def test_the_report_says_whether_the_base_evidence_was_verified(
+    verified: bool | None, prop: str | None
+) -> None:
+    """A base label is a claim: the PolicyReport says whether its layers proved it, and
+    reading the report back keeps it."""
+    base = {"name": "gcr.io/distroless/static", "digest": digest("b"), "evidence": "label"}
+    if verified is not None:
+        base["verified"] = verified
+    result = CheckResult(
+        "localhost:5001/app:1", "pass", digest=digest("a"), platform="linux/amd64",
+        facts=facts(1000, base=None) | {"base": base}, policies=["default"],
+    )  # fmt: skip
+    entry = ReportEntry.create(deploy("shop", "app"), "app", result, {"default": ImagePolicy()})
+    reports = build_policy_reports([entry], NOW)
+    [r] = [r for obj in reports for r in obj.get("results", []) if r["rule"] == "allowed-base"]
+    assert r["properties"].get("baseVerified") == prop
+    [back] = entries_from_policy_reports(reports)
+    assert back.result.facts["base"].get("verified") == verified

@@ -71,4 +71,7 @@ def _base(r: CheckResult) -> str:
     if not r.facts:
         return ""
     base = r.facts.get("base")
-    return f"{base['name']}\n({base['evidence']})" if base else "unknown"
+    if not base:
+        return "unknown"
+    proof = {True: ", verified", False: ", unverified"}.get(base.get("verified"), "")
+    return f"{base['name']}\n({base['evidence']}{proof})"

@@ -271,6 +271,8 @@ def _properties(entry: ReportEntry, info: PolicyInfo) -> dict[str, str]:
             "baseName": base.get("name"),
             "baseDigest": base.get("digest"),
             "baseEvidence": base.get("evidence"),
+            # whether the layers proved the evidence (a label or annotation is only a claim)
+            "baseVerified": _flag(base.get("verified")),
         }
     return {k: str(v) for k, v in props.items() if v is not None and v != ""}
 
@@ -477,6 +479,8 @@ def _entry(
             "digest": props.get("baseDigest"),
             "evidence": props.get("baseEvidence"),
         }
+        if props.get("baseVerified") in ("true", "false"):
+            facts["base"]["verified"] = props["baseVerified"] == "true"
     verdict: Literal["pass", "fail", "error"] = (
         "error" if errors else "fail" if violations else "pass"
     )
@@ -525,3 +529,8 @@ def _from_timestamp(value: Any) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1000)
+
+
+def _flag(value: Any) -> str | None:
+    """A PolicyReport property is a string: "true"/"false" for a boolean, else left out."""
+    return ("true" if value else "false") if isinstance(value, bool) else None

@@ -148,7 +148,7 @@ def rows_from_policy_reports(objs: Iterable[Mapping[str, Any]]) -> list[ReportRo
                 size=_int(props.get("compressedSize")),
                 budget=_int(props.get("sizeBudget")),
                 base=props.get("baseName", ""),
-                base_evidence=props.get("baseEvidence", ""),
+                base_evidence=_evidence(props),
             )
         )
     return rows
@@ -319,3 +319,10 @@ def _int(value: Any) -> int | None:
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
+
+
+def _evidence(props: Mapping[str, str]) -> str:
+    """How the base is known, and whether its layers proved it (`label, verified`)."""
+    evidence = props.get("baseEvidence", "")
+    verified = {"true": "verified", "false": "unverified"}.get(props.get("baseVerified", ""))
+    return f"{evidence}, {verified}" if evidence and verified else evidence
