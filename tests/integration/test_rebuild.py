@@ -385,3 +385,27 @@ def test_the_rebuild_command_prints_the_replacement(
     )  # fmt: skip
     assert unfixable.returncode == 1
     assert "cannot fix" in unfixable.stderr
+
+
+async def test_the_source_is_read_with_the_requesters_credentials_not_the_operators(
+    private_image: str,
+    auth_registry: RegistryProcess,
+    fixture_images: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The operator may push to a target with its own login, but a source only someone else
+    can read stays unread: a copy of another team's private image is refused, not made."""
+    from webhook.errors import RegistryUnauthorized
+
+    assert auth_registry.credentials is not None
+    user, password = auth_registry.credentials
+    operator = Keyring.from_dockerconfigjson(
+        {"auths": {auth_registry.host: {"username": user, "password": password}}}
+    )
+    policy = ImagePolicy().with_overrides([fixture_images["base"]], None)
+    async with RegistryClient(RegistrySettings(), operator) as c:
+        with pytest.raises(RegistryUnauthorized):
+            await rebuild(
+                c, Checker(c), private_image, f"{auth_registry.host}/private/good", [policy],
+                source_keyring=Keyring.empty(), workdir=tmp_path,
+            )  # fmt: skip

@@ -14,6 +14,7 @@ from, so a status the API server would prune or refuse fails here first.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -636,3 +637,41 @@ async def test_a_rebuild_pushes_only_where_a_policy_allows(
         [(phase, message)] = [(p.status["phase"], p.status["message"]) for p in objects.patches]
         assert phase == "Failed"
         assert "is not allowed" in message
+
+
+# ---- what the source is read with: the namespace's pull secrets, never the operator's own
+
+
+async def test_the_source_is_read_with_the_namespaces_pull_secrets_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whoever may create an ImageRebuild must not have the operator read, with its own
+    credentials, an image they cannot read themselves."""
+    from tests.unit.fakes import FakeCluster, dockerconfigjson
+    from webhook.registry.auth import Keyring
+
+    cluster = FakeCluster(
+        namespaces={"team-a": {}},
+        service_accounts={("team-a", "default"): ["sa-creds"]},
+        secrets={
+            ("team-a", "sa-creds"): dockerconfigjson("localhost:5001", "team-a-bot"),
+            ("team-a", "extra"): dockerconfigjson("other.example", "extra-bot"),
+        },
+    )
+    engine = Engine(result())
+    monkeypatch.setattr(rebuilds, "rebuild", engine)
+    objects = Objects({"metadata": {"resourceVersion": VERSION}, "status": {}})
+    operator_own = Keyring.from_dockerconfigjson(
+        json.loads(dockerconfigjson("localhost:5001", "operator")), source="the operator"
+    )
+    service = RebuildService(
+        cast(Any, None), cast(Any, None), cast(Any, objects), Policies([policy()], ready=True),
+        tmp_path, cluster=cluster, tenant_keyring=operator_own.only_for([]),
+    )  # fmt: skip
+    spec = {**SPEC, "imagePullSecrets": ["extra"]}
+    await service.reconcile("team-a", "fix-root", spec, {}, GENERATION, 0)
+    [call] = engine.calls
+    reader: Keyring = call["source_keyring"]
+    assert (await reader.get("localhost:5001")).username == "team-a-bot"  # type: ignore[union-attr]
+    assert (await reader.get("other.example")).username == "extra-bot"  # type: ignore[union-attr]
+    assert "operator" not in reader.describe()

@@ -26,11 +26,15 @@ from webhook.errors import (
     RegistryError,
     Unfixable,
 )
+from webhook.k8s.cluster import ClusterReader
 from webhook.k8s.objects import ImagegateObjects
 from webhook.policy.checker import Checker, CheckResult
+from webhook.policy.credentials import pull_keyring
 from webhook.policy.model import ImagePolicy
+from webhook.policy.workloads import PodTemplate
 from webhook.rebuild.engine import RebuildResult, rebuild
 from webhook.rebuild.model import ImageRebuildSpec, Phase
+from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
 from webhook.registry.facts import Platform
 
@@ -70,12 +74,21 @@ class RebuildService:
         objects: ImagegateObjects,
         policies: Any,
         workdir: Path | None = None,
+        *,
+        cluster: ClusterReader | None = None,
+        tenant_keyring: Keyring | None = None,
     ) -> None:
+        """With `cluster`, the source is read with the ImageRebuild namespace's pull secrets
+        (its default ServiceAccount's and `spec.imagePullSecrets`) and `tenant_keyring` only,
+        so whoever may create an ImageRebuild cannot have the operator read, with its own
+        credentials, an image they cannot."""
         self._client = client
         self._checker = checker
         self._objects = objects
         self._policies = policies
         self._workdir = workdir
+        self._cluster = cluster
+        self._tenant_keyring = tenant_keyring or Keyring.empty()
 
     async def reconcile(
         self,
@@ -104,6 +117,7 @@ class RebuildService:
             return None
         log.info("rebuilding %s for ImageRebuild %s/%s", wanted.source, namespace, name)
         try:
+            source_keyring = await self._source_keyring(namespace, wanted)
             with tempfile.TemporaryDirectory(
                 prefix="imagegate-rebuild-", dir=self._workdir
             ) as work:
@@ -119,6 +133,7 @@ class RebuildService:
                     platform=Platform.parse(wanted.platforms[0])
                     if wanted.platforms and len(wanted.platforms) == 1
                     else None,
+                    source_keyring=source_keyring,
                     workdir=Path(work),
                 )
         except Unfixable as err:
@@ -136,6 +151,15 @@ class RebuildService:
             saved = f", {result.bytes_saved:,} bytes saved" if result.bytes_saved else ""
             return Outcome("Rebuilt", f"{wanted.source} → {result.replacement}{saved}")
         return Outcome("StillFailing", f"{result.replacement}: {result.reason}", warning=True)
+
+    async def _source_keyring(self, namespace: str, spec: ImageRebuildSpec) -> Keyring | None:
+        """What the source is read with: the namespace's pull secrets (None without a cluster:
+        the CLI, which reads with its user's own docker config)."""
+        if self._cluster is None:
+            return None
+        names = list(spec.image_pull_secrets or [])
+        template = PodTemplate("ImageRebuild", [], "default", names)
+        return await pull_keyring(self._cluster, namespace, template, self._tenant_keyring)
 
     async def _claim(self, namespace: str, name: str, generation: int, source: str) -> bool:
         """Atomically mark the rebuild as ours, so two replicas never run it twice.

@@ -58,8 +58,9 @@ class Runtime:
             exempt_namespaces=hook.skipped_namespaces, opt_out_label=hook.opt_out_label,
         )  # fmt: skip
         rebuilds = RebuildService(
-            context.registry, context.checker, objects, policies, settings.operator.workdir
-        )
+            context.registry, context.checker, objects, policies, settings.operator.workdir,
+            cluster=cluster, tenant_keyring=context.tenant_keyring,
+        )  # fmt: skip
         runtime = cls(
             settings, cluster, context, policies, objects, scanner, rebuilds, asyncio.Event()
         )

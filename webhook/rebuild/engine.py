@@ -135,7 +135,8 @@ class RebuildResult:
 class _Job:
     client: RegistryClient
     blobs: BlobStore
-    keyring: Keyring
+    keyring: Keyring  # pushes, approved bases: the operator's own
+    source_keyring: Keyring  # the source image: whoever asked for the rebuild
     source: Reference
     source_digest: str
     target: Reference
@@ -160,6 +161,7 @@ async def rebuild(
     rebase_onto: str | None = None,
     platform: Platform | None = None,
     keyring: Keyring | None = None,
+    source_keyring: Keyring | None = None,
     workdir: Path,
 ) -> RebuildResult:
     """Rebuild `source` into `target_repo` with `fixes` (None: what `policies` say it needs).
@@ -169,24 +171,32 @@ async def rebuild(
     a multi-arch source is rebuilt. Raises `Unfixable` (nothing pushed) when a needed fix cannot
     be made, `RebuildError` for a tag conflict or unreadable layers, `RegistryError`s for
     registry trouble (worth retrying).
+
+    `keyring` pushes and reads approved bases (default: the client's); `source_keyring` reads
+    the source (default: `keyring`). The operator passes the namespace's pull secrets as
+    `source_keyring`, so its own credentials never read an image for someone who cannot.
     """
     kr = keyring if keyring is not None else client.keyring
+    skr = source_keyring if source_keyring is not None else kr
     user = fx.parse_user(user)
     src = Reference.parse(source)
     target = _target_reference(target_repo)
     new_base = Reference.parse(rebase_onto) if rebase_onto else None
 
-    top = await client.get_manifest(src, kr)
+    top = await client.get_manifest(src, skr)
     pinned_source = f"{src.name}@{top.digest}"
-    before = await checker.check(pinned_source, policies, platform, keyring=kr)
+    before = await checker.check(pinned_source, policies, platform, keyring=skr)
     if before.verdict == "error":
         raise RebuildError(f"cannot check {source} before rebuilding it: {before.error}")
     chosen = _choose_fixes(before, fixes, squash, new_base is not None)
 
     job = _Job(
         client=client,
-        blobs=BlobStore(client, kr),
+        # Cross-repository mounts read the source with the pushing credentials: only when
+        # they are the source's readers too.
+        blobs=BlobStore(client, kr, read_as={src.name: skr} if skr is not kr else None),
         keyring=kr,
+        source_keyring=skr,
         source=src,
         source_digest=top.digest,
         target=target,
@@ -296,7 +306,9 @@ async def _rebuild_index(job: _Job, top: Manifest) -> tuple[bytes, str, list[Pla
         os_, arch = str(plat.get("os") or ""), str(plat.get("architecture") or "")
         if not os_ or not arch or os_ == "unknown":
             continue  # attestations and other artifacts describe the old manifests: dropped
-        child = await job.client.get_manifest(job.source.with_digest(entry["digest"]), job.keyring)
+        child = await job.client.get_manifest(
+            job.source.with_digest(entry["digest"]), job.source_keyring
+        )
         if child.is_index:
             raise RebuildError(f"{job.source} nests an index in an index; not rebuilt")
         variant = plat.get("variant") or None
@@ -332,9 +344,10 @@ async def _rebuild_manifest(
 ) -> PlatformRebuild:
     """One platform image: read it into a draft, apply the chosen fixes in order, push it."""
     ref = job.source.with_digest(manifest.digest)
-    config = await job.client.get_config(ref, str(manifest.data["config"]["digest"]), job.keyring)
+    config_digest = str(manifest.data["config"]["digest"])
+    config = await job.client.get_config(ref, config_digest, job.source_keyring)
     plat = platform or _config_platform(config)
-    facts = await job.client.inspect(ref, plat, job.keyring)
+    facts = await job.client.inspect(ref, plat, job.source_keyring)
     base = await _identify_base(job, facts, plat)
     draft = ImageDraft.from_image(str(job.source), ref, manifest.data, config, base)
     bytes_before = draft.size

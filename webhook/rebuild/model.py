@@ -54,6 +54,13 @@ class ImageRebuildSpec(_Model):
     platforms: list[str] | None = Field(
         default=None, description="Platforms to rebuild for a multi-arch source (default: all)."
     )
+    image_pull_secrets: list[str] | None = Field(
+        default=None,
+        description=(
+            "Secrets of this namespace to read the source with, besides those of its default "
+            "ServiceAccount (the operator's own credentials never read the source)."
+        ),
+    )
 
 
 class Condition(_Model):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -45,9 +45,19 @@ class BlobStore:
     transport outlives it.
     """
 
-    def __init__(self, client: RegistryClient, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        keyring: Keyring | None = None,
+        *,
+        read_as: Mapping[str, Keyring] | None = None,
+    ) -> None:
+        """`keyring` pushes (and reads); `read_as` maps a repository (`registry/name`) to the
+        keyring its blobs are read with instead, such as a rebuild's source read with the
+        requester's pull secrets."""
         self._transport = client.transport
         self._keyring = keyring if keyring is not None else client.keyring
+        self._read_as = dict(read_as or {})
 
     # ---- blobs -------------------------------------------------------------------------------
 
@@ -81,8 +91,9 @@ class BlobStore:
 
         what = f"blob {digest}"
         reply = await self._send(
-            "GET", repo, f"blobs/{digest}", what, sink=into_file, follow_redirects=True
-        )
+            "GET", repo, f"blobs/{digest}", what, sink=into_file, follow_redirects=True,
+            keyring=self._read_as.get(repo.name),
+        )  # fmt: skip
         self._transport.check(reply, repo, what, blob=digest)
         if got != digest:
             await asyncio.to_thread(dest.unlink, missing_ok=True)
@@ -158,7 +169,8 @@ class BlobStore:
         """
         if await self.exists(repo, digest):
             return "present"
-        if await self.mount(repo, digest, source):
+        # A mount reads the source with the pushing credentials: only when they are its readers.
+        if source.name not in self._read_as and await self.mount(repo, digest, source):
             return "mounted"
         try:
             await self.download(source, digest, scratch)
@@ -225,6 +237,7 @@ class BlobStore:
         sink: Sink | None = None,
         follow_redirects: bool = False,
         once: bool = False,
+        keyring: Keyring | None = None,
     ) -> Reply:
         scope = push_scope(repo.repository) if push else pull_scope(repo.repository)
         return await self._transport.request(
@@ -232,7 +245,7 @@ class BlobStore:
             repo,
             path,
             what=what,
-            keyring=self._keyring,
+            keyring=keyring if keyring is not None else self._keyring,
             scopes=(scope, *extra_scopes),
             headers=headers,
             content=content,
