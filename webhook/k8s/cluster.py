@@ -19,6 +19,7 @@ from cachetools import TTLCache
 
 from webhook.errors import ClusterError, ClusterNotFound
 from webhook.k8s.calls import call
+from webhook.k8s.workloads import PLURALS
 from webhook.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,6 @@ class PullSecret:
     name: str
     payload: bytes
     legacy: bool = False
-
-
-# Controllers that make Pods, ReplicaSets or Jobs from a template (see policy.workloads).
-CONTROLLER_PLURALS = {
-    "ReplicaSet": "replicasets",
-    "Job": "jobs",
-    "StatefulSet": "statefulsets",
-    "DaemonSet": "daemonsets",
-    "ReplicationController": "replicationcontrollers",
-    "Deployment": "deployments",
-    "CronJob": "cronjobs",
-}
 
 
 class ClusterReader(Protocol):
@@ -255,7 +244,7 @@ class KubernetesCluster:
         """The object a controller ownerReference of an object in `namespace` names, as plain
         JSON; None when there is none with that uid (the reference is a false claim)."""
         api_version, kind, name = (str(ref.get(k) or "") for k in ("apiVersion", "kind", "name"))
-        plural = CONTROLLER_PLURALS.get(kind)
+        plural = PLURALS.get(kind)
         if plural is None or not api_version or not name:
             return None
         group = "apis" if "/" in api_version else "api"

@@ -16,17 +16,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-# (apiVersion, plural) of every built-in kind that runs containers, Pod first.
-WORKLOAD_RESOURCES: Final[tuple[tuple[str, str], ...]] = (
-    ("v1", "pods"),
-    ("apps/v1", "deployments"),
-    ("apps/v1", "statefulsets"),
-    ("apps/v1", "daemonsets"),
-    ("apps/v1", "replicasets"),
-    ("batch/v1", "jobs"),
-    ("batch/v1", "cronjobs"),
-    ("v1", "replicationcontrollers"),
+# (apiVersion, plural, kind) of every built-in kind that runs containers, Pod first.
+WORKLOAD_RESOURCES: Final[tuple[tuple[str, str, str], ...]] = (
+    ("v1", "pods", "Pod"),
+    ("apps/v1", "deployments", "Deployment"),
+    ("apps/v1", "statefulsets", "StatefulSet"),
+    ("apps/v1", "daemonsets", "DaemonSet"),
+    ("apps/v1", "replicasets", "ReplicaSet"),
+    ("batch/v1", "jobs", "Job"),
+    ("batch/v1", "cronjobs", "CronJob"),
+    ("v1", "replicationcontrollers", "ReplicationController"),
 )
+PLURALS: Final[dict[str, str]] = {kind: plural for _, plural, kind in WORKLOAD_RESOURCES}
 PAGE_SIZE: Final = 500
 
 
@@ -107,7 +108,7 @@ async def list_workloads(cluster: ClusterInventory, covers: Covers) -> list[Work
     report writer delete the results of workloads that still run.
     """
     lists = await asyncio.gather(
-        *(cluster.list_all(version, plural, PAGE_SIZE) for version, plural in WORKLOAD_RESOURCES)
+        *(cluster.list_all(version, plural, PAGE_SIZE) for version, plural, _ in WORKLOAD_RESOURCES)
     )
     objects = [obj for items in lists for obj in items]
     return top_level(objects, covers)

@@ -112,11 +112,15 @@ class ResourceFilter(_Model):
             return None
         if namespace is None:
             return False
-        by_name = not self.namespaces or any(
-            fnmatch.fnmatchcase(namespace, p) for p in self.namespaces
-        )
         by_label = self.namespace_selector is None or self.namespace_selector.matches(labels)
-        return by_name and by_label
+        return self.names_match(namespace) and by_label
+
+    def names_match(self, namespace: str | None) -> bool:
+        """Whether the namespace names (globs), when any are given, allow `namespace`."""
+        return not self.namespaces or (
+            namespace is not None
+            and any(fnmatch.fnmatchcase(namespace, p) for p in self.namespaces)
+        )
 
     def image_matches(self, image: str) -> bool | None:
         if not self.images:
@@ -450,10 +454,7 @@ class ImagePolicy(_Model):
         match, exclude = self.spec.match, self.spec.exclude
         if match.image_matches(image) is False:
             return False
-        if match.namespaces and not (
-            namespace is not None
-            and any(fnmatch.fnmatchcase(namespace, p) for p in match.namespaces)
-        ):
+        if not match.names_match(namespace):
             return False
         if exclude.empty or exclude.namespace_selector is not None:
             return True
