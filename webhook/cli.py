@@ -11,7 +11,7 @@ from contextlib import aclosing, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -303,20 +303,29 @@ def operator(
 ) -> None:
     """Run the kopf operator: ImageRebuilds, background audit, PolicyReports, replacements."""
     import random
+    import socket
+    import uuid
 
     import kopf
 
     import webhook.operator.handlers  # noqa: F401 - registers the handlers with kopf
     from webhook import logs
+    from webhook.operator.peering import Seat
 
     logs.configure(json_format=log_format == "json")
     chosen = priority if priority is not None else random.randint(1, 2**31 - 1)
     stderr.print(f"operator peering priority {chosen}", highlight=False)
+    identity = f"imagegate-{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    solo = standalone or peering is None  # no peering named: the only replica
+    # a namespaced operator's KopfPeering lives in (each of) its namespaces
+    seat = Seat(identity, chosen, None if solo else peering, namespace[0] if namespace else None)
     kopf.run(
         clusterwide=all_namespaces and not namespace,
         namespaces=namespace or (),
         peering_name=peering,
-        standalone=standalone or None,
+        standalone=solo or None,
+        identity=cast(Any, identity),  # kopf's Identity is a NewType of str
+        memo=kopf.Memo(seat=seat),
         priority=chosen,
         liveness_endpoint=liveness,
     )

@@ -200,3 +200,35 @@ def test_the_background_audit_writes_policy_reports_and_events(
         rows = json.loads(done.stdout)
         assert namespace in json.dumps(rows), source
         assert "non-root-user" in json.dumps(rows), source
+
+
+def test_the_operator_only_reads_policies_and_only_the_working_replica_scans(
+    installed: Install, operators: list[Operator], namespace: str, fixture_images: dict[str, str]
+) -> None:
+    standby, working = operators  # priorities 100 and 200: the higher one works
+    # "a" started first and may have scanned alone for a moment: only what follows counts
+    before = {op.name: len(op.logs()) for op in operators}
+    policy = image_policy(
+        f"watched-{namespace}", {"namespaces": [namespace]}, fixture_images["base"]
+    )
+    assert installed.apply(policy).returncode == 0
+    time.sleep(7)  # two scan periods, and a policy change
+    meta = json.loads(
+        installed.kubectl("get", "imagepolicy", f"watched-{namespace}", "-o", "json").stdout
+    )["metadata"]
+    assert not meta.get("finalizers"), meta  # a stopped operator cannot hold up a deletion
+    assert not [k for k in meta.get("annotations", {}) if k.startswith("imagegate.dev/")], meta
+    account = "system:serviceaccount:" + SYSTEM + ":" + installed.kubectl(
+        "get", "serviceaccounts", "-n", SYSTEM, "-l", "app.kubernetes.io/component=operator",
+        "-o", "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()  # fmt: skip
+    for verb in ("patch", "update", "delete"):
+        can = installed.kubectl(
+            "auth", "can-i", verb, "imagepolicies", "--as", account, check=False
+        )
+        assert can.stdout.strip() == "no", (verb, can.stdout)
+    assert installed.kubectl("delete", "imagepolicy", f"watched-{namespace}", "--wait=true",
+                             "--timeout=10s").returncode == 0  # fmt: skip
+
+    assert "scan done" in working.logs()[before[working.name] :], working.log_tail()
+    assert "scan done" not in standby.logs()[before[standby.name] :], standby.log_tail()

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from cachetools import TTLCache
-
+from webhook.caches import BoundedCache, hashed_key
 from webhook.errors import ClusterError, ClusterNotFound
 from webhook.k8s.calls import call
 from webhook.k8s.workloads import PLURALS
@@ -28,6 +27,9 @@ T = TypeVar("T")
 GROUP = "imagegate.dev"
 VERSION = "v1alpha1"
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
+# Byte budget of the lookup cache (`webhook.caches.BoundedCache`): labels, pull secrets, owners.
+CLUSTER_CACHE_BYTES = 8 * 1024 * 1024
+_MISSING: Any = object()
 DOCKERCFG = "kubernetes.io/dockercfg"
 # Lookups made while an admission waits: a slow API server must not eat the webhook's budget
 # (the answer then comes from onError and the cache, not from the API server's timeout).
@@ -98,7 +100,8 @@ class KubernetesCluster:
         self._core = k8s.CoreV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self._api_client = api_client
-        self._cache: TTLCache[tuple[str, ...], Any] = TTLCache(maxsize=4096, ttl=cache_seconds)
+        # Keys are `hashed_key`s of the lookup: names come from the objects under review.
+        self._cache: BoundedCache[str, Any] = BoundedCache(CLUSTER_CACHE_BYTES, ttl=cache_seconds)
         self._flights: SingleFlight[tuple[str, ...]] = SingleFlight()
 
     @classmethod
@@ -176,7 +179,7 @@ class KubernetesCluster:
             # The kubelet ignores a missing pull secret too; say so in the logs and go on. A
             # missing one is remembered as missing, so a Pod naming hundreds costs one read each.
             if isinstance(err, ClusterNotFound):
-                self._cache[("secret", namespace, name)] = None
+                self._cache[hashed_key("secret", namespace, name)] = None
             log.warning("pull secret unavailable", extra={"error": str(err)})
             return None
 
@@ -190,13 +193,13 @@ class KubernetesCluster:
         return await call(read, f"list {plural}.{GROUP}")
 
     async def _cached(self, key: tuple[str, ...], read: Callable[[], T], what: str) -> T:
-        if key in self._cache:
-            value: T = self._cache[key]
+        value: T = self._cache.get(hashed_key(*key), _MISSING)
+        if value is not _MISSING:
             return value
 
         async def fetch() -> T:
             fresh = await call(read, what)
-            self._cache[key] = fresh
+            self._cache[hashed_key(*key)] = fresh
             return fresh
 
         return await self._flights.do(key, fetch)
@@ -239,6 +242,10 @@ class KubernetesCluster:
                     return items
 
         return await call(read, f"list {plural} ({api_version}) in all namespaces")
+
+    async def get_path(self, path: str, what: str) -> dict[str, Any]:
+        """One object by its API path (e.g. `/apis/kopf.dev/v1/clusterkopfpeerings/x`), fresh."""
+        return await call(lambda: self._get_json(path, [], LOOKUP_TIMEOUT), what)
 
     async def controller_of(self, namespace: str, ref: dict[str, Any]) -> dict[str, Any] | None:
         """The object a controller ownerReference of an object in `namespace` names, as plain
@@ -299,7 +306,7 @@ class KubernetesCluster:
             meta = ns.get("metadata") or {}
             name = str(meta.get("name", ""))
             own = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-            self._cache[("ns", name)] = own
+            self._cache[hashed_key("ns", name)] = own
             if include_terminating or (ns.get("status") or {}).get("phase") != "Terminating":
                 labels[name] = own
         return labels

@@ -1,7 +1,7 @@
 """kopf handlers: thin. Each parses what kopf hands over and calls the runtime's services.
 
 * ImageRebuild create/update/resume → `RebuildService.reconcile` (status, Events, retries).
-* ImagePolicy create/update/delete → a new background audit scan.
+* ImagePolicy events → a new background audit scan (read-only: no progress, no finalizer).
 * Startup builds the runtime (registry client, cluster reader, scanner) into kopf's memo;
   cleanup closes it. Nothing happens at import time.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from webhook.k8s.cluster import GROUP, VERSION
+from webhook.operator.peering import Seat
 from webhook.operator.rebuilds import GiveUp, RetryLater
 from webhook.operator.runtime import Runtime
 
@@ -30,7 +31,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    memo["runtime"] = await Runtime.start()
+    # `imagegate operator` puts this replica's Seat (identity, priority, peering) in the memo.
+    memo["runtime"] = await Runtime.start(seat=memo.get("seat") or Seat("standalone", 0))
 
 
 @kopf.on.cleanup()
@@ -74,20 +76,11 @@ async def reconcile_rebuild(
         post(body, reason=outcome.reason, message=outcome.message)
 
 
-@kopf.on.resume(GROUP, VERSION, "imagepolicies")
-@kopf.on.create(GROUP, VERSION, "imagepolicies")
-@kopf.on.update(GROUP, VERSION, "imagepolicies")
-@kopf.on.delete(GROUP, VERSION, "imagepolicies", optional=True)
+# ImagePolicies are only watched: event handlers keep no progress and put no finalizer on
+# them, so the operator never writes to a policy (its RBAC has no `patch` on them) and a stopped
+# operator never holds up a policy's deletion.
+@kopf.on.event(GROUP, VERSION, "imagepolicies")
 async def policy_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo["runtime"]
     log.info("ImagePolicy %s changed: scanning workloads again", name)
     runtime.request_scan()
-
-
-# A timer on the policies (not a free-running task) so that a replica paused by peering does
-# not scan: kopf stops calling handlers of paused operators. The runtime scans at most every
-# `IMAGEGATE_OPERATOR_SCAN_SECONDS`, however many policies tick.
-@kopf.timer(GROUP, VERSION, "imagepolicies", interval=TICK_SECONDS)
-async def audit_tick(memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime = memo["runtime"]
-    runtime.tick()

@@ -19,6 +19,7 @@ from webhook.context import ProcessContext
 from webhook.errors import ImagegateError
 from webhook.k8s.cluster import GROUP, VERSION, KubernetesCluster
 from webhook.k8s.objects import ImagegateObjects
+from webhook.operator.peering import Seat
 from webhook.operator.rebuilds import PLURAL, RebuildService
 from webhook.operator.scan import Scanner
 from webhook.policy.model import ImagePolicy, Mode
@@ -41,11 +42,12 @@ class Runtime:
     scanner: Scanner
     rebuilds: RebuildService
     scan_wanted: asyncio.Event
+    seat: Seat
     task: asyncio.Task[None] | None = None
     last_scan: float = 0.0
 
     @classmethod
-    async def start(cls, settings: Settings | None = None) -> Runtime:
+    async def start(cls, settings: Settings | None = None, seat: Seat | None = None) -> Runtime:
         settings = settings or Settings()
         cluster = KubernetesCluster.connect(settings.webhook.kubeconfig)
         context = ProcessContext.from_settings(settings)
@@ -62,8 +64,9 @@ class Runtime:
             cluster=cluster, tenant_keyring=context.tenant_keyring,
         )  # fmt: skip
         runtime = cls(
-            settings, cluster, context, policies, objects, scanner, rebuilds, asyncio.Event()
-        )
+            settings, cluster, context, policies, objects, scanner, rebuilds, asyncio.Event(),
+            seat or Seat("standalone", 0),
+        )  # fmt: skip
         with contextlib.suppress(ImagegateError):  # logged; the poller keeps trying
             await policies.refresh()  # rebuilds must see the policies before their first event
         policies.start()
@@ -81,16 +84,19 @@ class Runtime:
     def request_scan(self) -> None:
         self.scan_wanted.set()
 
-    def tick(self) -> None:
-        """Called by a kopf timer: ask for a scan when the period has passed."""
-        if time.monotonic() - self.last_scan >= self.settings.operator.scan_seconds:
-            self.scan_wanted.set()
-
     async def _audit_loop(self) -> None:
+        """Scan when asked (a policy changed) or when `scan_seconds` have passed, while this
+        replica is the working one."""
+        period = self.settings.operator.scan_seconds
         while True:
-            await self.scan_wanted.wait()
+            wait = max(0.0, self.last_scan + period - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.scan_wanted.wait(), timeout=wait)
             self.scan_wanted.clear()
             self.last_scan = time.monotonic()
+            if not await self.seat.working(self.cluster):
+                log.debug("a standby replica: no background audit")
+                continue
             try:
                 await self.audit_once()
             except ImagegateError as err:
