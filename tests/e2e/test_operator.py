@@ -148,9 +148,11 @@ def test_the_background_audit_writes_policy_reports_and_events(
         remediation={"auto": True},
     )  # fmt: skip
     assert installed.apply(audit).returncode == 0
+    legacy_pod = pod("legacy", fixture_images["zero"])
+    legacy_pod["spec"]["imagePullSecrets"] = [{"name": "legacy-pull"}]  # need not exist
     deadline = time.monotonic() + 20
     while True:  # the webhook re-reads policies every half second
-        legacy = installed.apply(pod("legacy", fixture_images["zero"]), "-n", namespace)
+        legacy = installed.apply(legacy_pod, "-n", namespace)
         if legacy.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -187,6 +189,8 @@ def test_the_background_audit_writes_policy_reports_and_events(
         time.sleep(1)
     assert [r["metadata"]["name"][:5] for r in rebuilds] == ["auto-"], rebuilds
     assert rebuilds[0]["spec"]["source"].startswith(fixture_images["zero"] + "@sha256:")
+    # the source is read with what the pod pulls with, never the operator's own credentials
+    assert rebuilds[0]["spec"]["imagePullSecrets"] == ["legacy-pull"], rebuilds[0]["spec"]
     assert rebuilds[0]["status"]["phase"] == "Succeeded", rebuilds[0]["status"]
 
     # and `imagegate report` reads what the operator wrote, or scans the cluster itself

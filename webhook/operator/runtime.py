@@ -21,9 +21,11 @@ from webhook.k8s.cluster import GROUP, VERSION, KubernetesCluster
 from webhook.k8s.objects import ImagegateObjects
 from webhook.operator.peering import Seat
 from webhook.operator.rebuilds import PLURAL, RebuildService
-from webhook.operator.scan import Scanner
+from webhook.operator.scan import Scanner, ScanOutcome
+from webhook.policy.credentials import pull_secret_names
 from webhook.policy.model import ImagePolicy, Mode
 from webhook.policy.store import ClusterPolicies
+from webhook.policy.workloads import PodTemplate
 from webhook.registry.reference import Reference
 from webhook.report.policyreport import ReportEntry
 from webhook.report.recorder import report_writer
@@ -110,13 +112,11 @@ class Runtime:
         policies = self.policies.policies
         outcome = await self.scanner.scan(policies)
         await self.scanner.record(outcome)
-        await self._remediate(outcome.entries, {p.name: p for p in policies})
+        await self._remediate(outcome, {p.name: p for p in policies})
 
-    async def _remediate(
-        self, entries: list[ReportEntry], policies: dict[str, ImagePolicy]
-    ) -> None:
+    async def _remediate(self, outcome: ScanOutcome, policies: dict[str, ImagePolicy]) -> None:
         """ImageRebuilds for images failing an audit-mode policy with `remediation.auto`."""
-        for entry in entries:
+        for entry in outcome.entries:
             result = entry.result
             if result.verdict != "fail" or not result.digest:
                 continue
@@ -126,9 +126,15 @@ class Runtime:
                     continue
                 if not policy.spec.remediation.auto:
                     continue
-                await self._request_rebuild(entry, policy, result.digest)
+                template = outcome.templates.get(entry.workload)
+                await self._request_rebuild(entry, policy, result.digest, template)
 
-    async def _request_rebuild(self, entry: ReportEntry, policy: ImagePolicy, digest: str) -> None:
+    async def _request_rebuild(
+        self, entry: ReportEntry, policy: ImagePolicy, digest: str, template: PodTemplate | None
+    ) -> None:
+        """An ImageRebuild of `digest` that reads its source with the workload's pull secrets
+        (its own and its ServiceAccount's, named in `spec.imagePullSecrets`): the operator's own
+        credentials never read a tenant's image."""
         source = Reference.parse(entry.result.image)
         target = policy.spec.remediation.target_repository or source.name
         name = f"auto-{hashlib.sha256(f'{digest}|{target}'.encode()).hexdigest()[:16]}"
@@ -148,5 +154,9 @@ class Runtime:
                 "policy": policy.name,
             },
         }
+        if template is not None:
+            names = await pull_secret_names(self.cluster, entry.workload.namespace, template)
+            if names:
+                body["spec"]["imagePullSecrets"] = names
         if await self.objects.create_if_absent(PLURAL, entry.workload.namespace, body):
             log.info("requested ImageRebuild %s/%s for %s", entry.workload.namespace, name, source)

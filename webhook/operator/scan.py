@@ -61,6 +61,8 @@ class ScanOutcome:
     errors: list[str] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     checks: int = 0
+    # what each workload's pods pull with: an automatic ImageRebuild reads its source with these
+    templates: dict[WorkloadRef, PodTemplate] = field(default_factory=dict)
 
     def violations_by_workload(self) -> dict[WorkloadRef, list[str]]:
         """The violated rules of each workload with violations (in order, with repeats)."""
@@ -115,10 +117,14 @@ class Scanner:
         entries: list[ReportEntry] = []
         errors: list[str] = list(run.errors)
         images: set[str] = set()
+        templates: dict[WorkloadRef, PodTemplate] = {}
         for workload, found in zip(scanned, per_workload, strict=True):
             ref = WorkloadRef(
                 workload.api_version, workload.kind, workload.namespace, workload.name, workload.uid
             )
+            template = pod_template(workload.kind, workload.obj)
+            if template is not None:
+                templates[ref] = template
             for container, result in found:
                 images.add(container.image)
                 if result.verdict == "error":
@@ -132,6 +138,7 @@ class Scanner:
             errors=errors,
             started_at=started_at,
             checks=len(run.checks),
+            templates=templates,
         )
         log.info(
             "scan done",
