@@ -32,6 +32,14 @@ class RegistrySettings(BaseSettings):
             "registry is loopback or insecure."
         ),
     )
+    redirect_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Private, loopback or link-local ranges (CIDRs) a registry may redirect to on another "
+            "host. Empty: such redirects are refused, so a hostile registry cannot point the "
+            "webhook at an internal service (169.254.169.254, the API server, a sidecar)."
+        ),
+    )
     tenant_credential_hosts: list[str] = Field(
         default_factory=list,
         description=(

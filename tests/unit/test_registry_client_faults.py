@@ -771,6 +771,58 @@ async def test_credentials_never_follow_a_location_to_another_host(
     assert [s.headers.get("authorization") for s in elsewhere.seen] == [None]
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://10.96.0.1:443/api",  # a cluster service (private)
+        "http://[fd00::1]/x",  # unique local IPv6
+    ],
+)
+async def test_a_redirect_to_a_private_address_is_refused(
+    registry: FakeRegistry, client: RegistryClient, location: str
+) -> None:
+    """SSRF: a hostile registry must not point the webhook at internal services."""
+    digest, _ = registry.add_image()
+    manifest = json.loads(registry.routes[f"/v2/app/manifests/{digest}"].body)  # type: ignore[union-attr]
+    registry.routes[f"/v2/app/blobs/{manifest['config']['digest']}"] = Reply(
+        307, b"", {"Location": location}
+    )
+    with pytest.raises(RegistryError, match=r"redirected to .*private, loopback or link-local"):
+        await client.inspect(registry.ref("app:1"), AMD64)
+
+
+async def test_a_redirect_to_a_name_resolving_to_loopback_is_refused_unless_configured(
+    registry: FakeRegistry,
+) -> None:
+    """The name is resolved before the hop: `localhost` is the webhook's own Pod."""
+    registry.add_image()
+    blob_path = next(p for p in registry.routes if "/blobs/" in p)
+    elsewhere = FakeRegistry()
+    elsewhere.thread.start()
+    elsewhere.routes["/storage/config"] = registry.routes[blob_path]
+    port = elsewhere.host.rsplit(":", 1)[1]
+    registry.routes[blob_path] = Reply(
+        307, b"", {"Location": f"http://localhost:{port}/storage/config"}
+    )
+    try:
+        async with RegistryClient(make_settings(), Keyring.empty()) as c:
+            with pytest.raises(
+                RegistryError, match=r"redirected to localhost \((127\.0\.0\.1|::1)\)"
+            ):
+                await c.inspect(registry.ref("app:1"), AMD64)
+        assert elsewhere.count("/storage/config") == 0
+        allowed = make_settings(redirect_networks=["127.0.0.0/8", "::1/128"])
+        async with RegistryClient(allowed, Keyring.empty()) as c:
+            facts = await c.inspect(registry.ref("app:1"), AMD64)
+        assert facts.user == "1000"
+        assert elsewhere.count("/storage/config") == 1
+    finally:
+        elsewhere.stop.set()
+        elsewhere.server.shutdown()
+        elsewhere.server.server_close()
+
+
 async def test_an_unusable_location_is_a_registry_error(
     registry: FakeRegistry, client: RegistryClient
 ) -> None:

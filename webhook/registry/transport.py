@@ -22,7 +22,9 @@ import email.utils
 import ipaddress
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -132,7 +134,9 @@ class RegistryTransport:
             # Concurrency is bounded per registry by the Checker (webhook.policy.limits); one
             # pool of 100 shared by all let a few stalled registries hold every connection.
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            event_hooks={"request": [self._vet_hop]},
         )
+        self._redirect_networks = _networks(settings.redirect_networks)
         self._tokens = TokenCache(timer=timer)
 
     async def aclose(self) -> None:
@@ -344,6 +348,28 @@ class RegistryTransport:
             reference=str(ref),
         )
 
+    # ---- redirects ---------------------------------------------------------------------------
+
+    async def _vet_hop(self, request: httpx.Request) -> None:
+        """httpx request hook: a redirect to another host may not reach a private, loopback or
+        link-local address unless its range is configured (`redirect_networks`): otherwise any
+        registry could make the webhook GET an internal URL (SSRF). The name is resolved here
+        and again by httpx when it connects; a DNS answer that changes in between (rebinding)
+        is not caught."""
+        origin = _ORIGIN.get()
+        host = request.url.host
+        if origin is None or host == origin:
+            return
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        for address in await _addresses(host, port):
+            if address.is_global or any(address in net for net in self._redirect_networks):
+                continue
+            raise RegistryError(
+                f"registry {origin} redirected to {host} ({address}), a private, loopback or "
+                "link-local address: refused (allow its range with "
+                "IMAGEGATE_REGISTRY_REDIRECT_NETWORKS)"
+            )
+
     # ---- the one retry loop --------------------------------------------------------------------
 
     async def _retrying(
@@ -428,31 +454,38 @@ class RegistryTransport:
     ) -> Reply:
         """Send and read the body (under one deadline unless a transfer), refusing over `limit`."""
         deadline = None if transfer else self.settings.timeout_seconds
-        async with asyncio.timeout(deadline):
-            response = await self._http.send(
-                request, stream=True, follow_redirects=follow_redirects
-            )
-            try:
-                ok = 200 <= response.status_code < 300
-                if ok and sink is not None:
-                    await sink(response.aiter_bytes())
-                    return Reply(response.status_code, response.headers, b"")
-                cap = limit if ok else _ERROR_BODY_LIMIT
-                length = response.headers.get("content-length", "")
-                if ok and length.isascii() and length.isdigit() and int(length) > cap:
-                    raise _TooLarge(int(length), exact=True, limit=cap)
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > cap:
-                        if ok:
-                            raise _TooLarge(total, exact=False, limit=cap)
-                        break
-                    chunks.append(chunk)
-                return Reply(response.status_code, response.headers, b"".join(chunks))
-            finally:
-                await response.aclose()
+        origin = _ORIGIN.set(request.url.host)
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._read(request, limit, follow_redirects, sink)
+        finally:
+            _ORIGIN.reset(origin)
+
+    async def _read(
+        self, request: httpx.Request, limit: int, follow_redirects: bool, sink: Sink | None
+    ) -> Reply:
+        response = await self._http.send(request, stream=True, follow_redirects=follow_redirects)
+        try:
+            ok = 200 <= response.status_code < 300
+            if ok and sink is not None:
+                await sink(response.aiter_bytes())
+                return Reply(response.status_code, response.headers, b"")
+            cap = limit if ok else _ERROR_BODY_LIMIT
+            length = response.headers.get("content-length", "")
+            if ok and length.isascii() and length.isdigit() and int(length) > cap:
+                raise _TooLarge(int(length), exact=True, limit=cap)
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > cap:
+                    if ok:
+                        raise _TooLarge(total, exact=False, limit=cap)
+                    break
+                chunks.append(chunk)
+            return Reply(response.status_code, response.headers, b"".join(chunks))
+        finally:
+            await response.aclose()
 
 
 # ---- the one status → exception mapping ----------------------------------------------------
@@ -517,6 +550,30 @@ def _unauthorized(
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+_ORIGIN: ContextVar[str | None] = ContextVar("imagegate_request_origin", default=None)
+"""The host the current request was sent to: hops to other hosts are redirects to vet."""
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _networks(entries: Sequence[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip())
+
+
+async def _addresses(host: str, port: int) -> list[IPAddress]:
+    """`host`'s addresses: itself when an IP literal, else what the resolver says (nothing
+    when it cannot resolve: the connection then fails on its own)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
 def _strip_port(host: str) -> str:
