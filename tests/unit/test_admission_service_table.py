@@ -241,6 +241,40 @@ VALIDATE_ROWS = [
     ),
     pytest.param(
         Validate(
+            review(pod(ctr("app", GOOD))),
+            policies=(
+                policy(registries={"allowed": ["registry.corp.example", "*.mirror.example"]}),
+            ),
+            allowed=False,
+            denied=(
+                f"container app ({GOOD}): allowed-registry: registry {REGISTRY} is not one this "
+                "policy allows (registry.corp.example, *.mirror.example)",
+            ),
+            inspected=(),  # the registry a Pod names is not asked anything (SSRF)
+        ),
+        id="a-registry-outside-registries-allowed-is-denied-before-any-request",
+    ),
+    pytest.param(
+        Validate(
+            review(pod(ctr("app", GOOD))),
+            policies=(policy(mode="audit", registries={"allowed": ["registry.corp.example"]}),),
+            warnings=(f"imagegate (audit): container app: allowed-registry: registry {REGISTRY}",),
+            inspected=(GOOD,),  # an audit report is complete: the other rules are checked
+            recorded=(("Pod", "team-a", "web", "app", "fail"),),
+        ),
+        id="a-registry-outside-registries-allowed-is-reported-in-audit",
+    ),
+    pytest.param(
+        Validate(
+            review(pod(ctr("app", GOOD))),
+            policies=(policy(registries={"allowed": ["registry.corp.example", "LOCALHOST:*"]}),),
+            inspected=(GOOD,),
+            recorded=(("Pod", "team-a", "web", "app", "pass"),),
+        ),
+        id="a-registry-matching-registries-allowed-is-checked-as-usual",
+    ),
+    pytest.param(
+        Validate(
             review(pod(ctr("app", ROOT))),
             policies=(policy(mode="audit"),),
             warnings=(f"imagegate (audit): container app: {NO_USER}",),

@@ -20,7 +20,7 @@ from webhook.errors import ImagegateError
 from webhook.policy.bases import check_claim
 from webhook.policy.evaluate import evaluate
 from webhook.policy.limits import RegistryLimits
-from webhook.policy.model import ImagePolicy
+from webhook.policy.model import ImagePolicy, Mode
 from webhook.policy.outcome import ContainerContext, Violation
 from webhook.policy.platforms import ANYWHERE, Placement, wanted_platforms
 from webhook.policy.rules.allowed_base import KnownBase, concrete_references, identify_base
@@ -179,9 +179,19 @@ class Checker:
         )
         if known is not None:
             return known
+        refused = registry_violations(image, applicable)
+        enforcing = {p.name for p in applicable if p.spec.mode is Mode.enforce}
+        if any(v.policy in enforcing for v in refused):
+            # A denial whatever else is found: the registry is not asked anything (SSRF).
+            names = [p.name for p in applicable]
+            return CheckResult(image, "fail", policies=names, violations=refused)
         result = await self._check_platforms(
             image, applicable, platform, placement, container, keyring
         )
+        if refused and result.verdict != "error":
+            result = dataclasses.replace(
+                result, verdict="fail", violations=refused + result.violations
+            )
         if result.verdict != "error" and not result.transient:  # errors: a shorter cache below
             key: ResultKey = (
                 image, tuple(map(id, applicable)), platform, placement, _digest(container), who
@@ -443,3 +453,24 @@ def _nowhere(listed: Sequence[Platform], placement: Placement, policy: ImagePoli
     if nodes:
         text += f"; policy {policy.name} checks the node platforms {', '.join(map(str, nodes))}"
     return text
+
+
+def registry_violations(image: str, policies: Iterable[ImagePolicy]) -> list[Violation]:
+    """`allowed-registry` violations of `image`, one per policy whose list leaves it out."""
+    if image.startswith(DAEMON_PREFIX):
+        return []  # a local image: no registry is asked
+    try:
+        registry = Reference.parse(image).registry
+    except ImagegateError:
+        return []  # the check itself reports the bad reference
+    return [
+        Violation(
+            "allowed-registry",
+            f"registry {registry} is not one this policy allows "
+            f"({', '.join(p.spec.registries.allowed)}): push the image to one of them",
+            p.spec.registries.severity,
+            policy=p.name,
+        )
+        for p in policies
+        if not p.spec.registries.allows(registry)
+    ]

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from webhook.errors import ImagegateError
 from webhook.registry.facts import Platform
-from webhook.registry.reference import Reference
+from webhook.registry.reference import Reference, normalize_host
 
 API_VERSION: Final = "imagegate.dev/v1alpha1"
 KIND: Final = "ImagePolicy"
@@ -36,6 +36,7 @@ RULE_IDS = (
     "size-budget",
     "single-entrypoint",
     "immutable-reference",
+    "allowed-registry",
 )
 
 
@@ -332,6 +333,26 @@ class Remediation(_Model):
         return any(fnmatch.fnmatchcase(wanted, pattern) for pattern in self.target_repositories)
 
 
+class Registries(_Model):
+    """`allowed-registry`: where images may come from, decided before any request is made."""
+
+    allowed: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list,
+        description=(
+            "Registry hosts (host[:port], `*` globs such as `*.corp.example`; Docker Hub is "
+            "`docker.io`) images may come from. Empty: any registry. An image from another "
+            "registry is a violation found without asking that registry anything."
+        ),
+    )
+    severity: Severity = Field(default=Severity.high, description="Severity of a violation.")
+
+    def allows(self, registry: str) -> bool:
+        if not self.allowed:
+            return True
+        host = normalize_host(registry).lower()
+        return any(fnmatch.fnmatchcase(host, normalize_host(p).lower()) for p in self.allowed)
+
+
 _PLATFORM_PATTERN: Final = r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$"
 
 
@@ -359,6 +380,7 @@ class PolicySpec(_Model):
         ),
     )
     rules: Rules = Field(default_factory=Rules)
+    registries: Registries = Field(default_factory=Registries)
     remediation: Remediation = Field(default_factory=Remediation)
 
     @field_validator("platform")

@@ -67,6 +67,7 @@ CATEGORIES: Final[Mapping[str, str]] = {
     "size-budget": "Efficiency",
     "single-entrypoint": "Reliability",
     "immutable-reference": "Supply Chain",
+    "allowed-registry": "Supply Chain",
     INSPECTION_RULE: "Inspection",
 }
 
@@ -125,11 +126,10 @@ class PolicyInfo:
             "single-entrypoint": r.single_entrypoint,
             "immutable-reference": r.immutable_reference,
         }
-        return cls(
-            mode=policy.spec.mode,
-            on_error=policy.spec.on_error,
-            rules={rule: c.severity for rule, c in configured.items() if c.enabled},
-        )
+        rules = {rule: c.severity for rule, c in configured.items() if c.enabled}
+        if policy.spec.registries.allowed:  # only a policy with a list checks registries
+            rules["allowed-registry"] = policy.spec.registries.severity
+        return cls(mode=policy.spec.mode, on_error=policy.spec.on_error, rules=rules)
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,7 @@ PASS_MESSAGES: Final = {
     "size-budget": "the image fits the size budget",
     "single-entrypoint": "one process, started in exec form",
     "immutable-reference": "the reference is pinned to the digest that was checked",
+    "allowed-registry": "the image comes from an allowed registry",
 }
 
 
