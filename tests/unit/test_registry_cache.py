@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from webhook.caches import ENTRY_OVERHEAD
 from webhook.errors import ImageNotFound, RegistryUnavailable
 from webhook.registry.cache import DigestCache, NegativeCache, SingleFlight, TagCache
 
@@ -19,19 +20,20 @@ class FakeClock:
 
 
 def test_digest_cache_evicts_least_recently_used_by_bytes() -> None:
-    cache = DigestCache(max_bytes=100)
-    cache.put("sha256:a", b"a" * 40)
-    cache.put("sha256:b", b"b" * 40)
-    assert cache.get("sha256:a") == b"a" * 40  # a is now the most recently used
-    cache.put("sha256:c", b"c" * 40)
+    entry = 400 + ENTRY_OVERHEAD  # each entry also counts its key and bookkeeping
+    cache = DigestCache(max_bytes=2 * entry + 399)
+    cache.put("sha256:a", b"a" * 400)
+    cache.put("sha256:b", b"b" * 400)
+    assert cache.get("sha256:a") == b"a" * 400  # a is now the most recently used
+    cache.put("sha256:c", b"c" * 400)
     assert "sha256:b" not in cache
     assert cache.get("sha256:a") is not None
     assert cache.get("sha256:c") is not None
-    assert cache.current_bytes == 80
+    assert cache.current_bytes == 2 * entry
 
 
 def test_digest_cache_skips_an_item_larger_than_the_budget() -> None:
-    cache = DigestCache(max_bytes=10)
+    cache = DigestCache(max_bytes=ENTRY_OVERHEAD + 10)
     cache.put("sha256:small", b"12345")
     cache.put("sha256:huge", b"x" * 11)
     assert "sha256:huge" not in cache

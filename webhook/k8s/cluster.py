@@ -27,13 +27,13 @@ T = TypeVar("T")
 GROUP = "imagegate.dev"
 VERSION = "v1alpha1"
 DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
-# Byte budget of the lookup cache (`webhook.caches.BoundedCache`): labels, pull secrets, owners.
-CLUSTER_CACHE_BYTES = 8 * 1024 * 1024
-_MISSING: Any = object()
 DOCKERCFG = "kubernetes.io/dockercfg"
 # Lookups made while an admission waits: a slow API server must not eat the webhook's budget
 # (the answer then comes from onError and the cache, not from the API server's timeout).
 LOOKUP_TIMEOUT = 2.0
+# Byte budget of the lookup cache (`webhook.caches.BoundedCache`): labels, pull secrets, owners.
+CLUSTER_CACHE_BYTES = 8 * 1024 * 1024
+_MISSING: Any = object()  # a cached None is an answer (a missing pull secret)
 
 
 @dataclass(frozen=True)

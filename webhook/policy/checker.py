@@ -14,8 +14,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cachetools import TTLCache
-
+from webhook.caches import BoundedCache, approx_size, hashed_key
 from webhook.errors import ImagegateError
 from webhook.policy.bases import check_claim
 from webhook.policy.evaluate import evaluate
@@ -117,6 +116,20 @@ def _bounded(value: Any) -> Any:
 # holds its strings for as long as the entry lives.
 ResultKey = tuple[str, tuple[int, ...], Platform | None, Placement, str, Hashable]
 
+# Byte budget of the verdict cache (`webhook.caches.BoundedCache`).
+RESULTS_BYTES = 32 * 1024 * 1024
+
+
+def _result_key(key: ResultKey) -> str:
+    """The verdict cache's key for `key`: a hash of its repr, which shows every part (strings,
+    ids, default dataclass reprs), so different keys never share a hash."""
+    return hashed_key(repr(key))
+
+
+def _result_size(value: tuple[tuple[ImagePolicy, ...], CheckResult]) -> int:
+    """A cached verdict's own size: the policies it holds are shared, so only pointers."""
+    return approx_size(value[1]) + 8 * len(value[0])
+
 
 DAEMON_REFUSED = (
     f"{DAEMON_PREFIX} references name an image in a local Docker engine, which only "
@@ -148,8 +161,9 @@ class Checker:
         self._local_images = local_images
         self._limits = RegistryLimits(concurrency)
         # Values hold the policies too, so their ids in the key cannot be reused while cached.
-        self._results: TTLCache[ResultKey, tuple[tuple[ImagePolicy, ...], CheckResult]] = TTLCache(
-            maxsize=65536, ttl=result_ttl
+        # Keys are `_result_key`s (hashed: a placement or pull secret names can be long).
+        self._results: BoundedCache[str, tuple[tuple[ImagePolicy, ...], CheckResult]] = (
+            BoundedCache(RESULTS_BYTES, ttl=result_ttl, sizeof=_result_size)
         )
 
     async def check(
@@ -196,7 +210,7 @@ class Checker:
             key: ResultKey = (
                 image, tuple(map(id, applicable)), platform, placement, _digest(container), who
             )  # fmt: skip
-            self._results[key] = (tuple(applicable), result)
+            self._results[_result_key(key)] = (tuple(applicable), result)
         return result
 
     def cached(
@@ -233,7 +247,7 @@ class Checker:
         key: ResultKey = (
             image, tuple(map(id, applicable)), platform, placement, _digest(container), credentials
         )  # fmt: skip
-        cached = self._results.get(key)
+        cached = self._results.get(_result_key(key))
         return applicable, cached[1] if cached is not None else None
 
     async def _check_platforms(

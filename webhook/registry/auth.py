@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cachetools import TLRUCache, TTLCache
 
+from webhook.caches import BoundedCache, hashed_key
 from webhook.errors import RegistryUnauthorized, UsageError
 from webhook.registry.reference import DOCKER_HUB, normalize_host
 
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 HUB_SERVER_URL = "https://index.docker.io/v1/"
 DEFAULT_TOKEN_TTL = 60.0
 _HELPER_CACHE_SECONDS = 60.0
+# Byte budgets (`webhook.caches.BoundedCache`): credential helpers' answers and bearer tokens
+# (a token is whatever the token server sent, often a kilobyte-sized JWT).
+HELPER_CACHE_BYTES = 256 * 1024
+TOKEN_CACHE_BYTES = 4 * 1024 * 1024
+_NOT_ASKED = object()
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,9 @@ class Keyring:
     def __init__(self, sources: Sequence[CredentialSource] = (), helper_timeout: float = 10.0):
         self._sources = tuple(sources)
         self._helper_timeout = helper_timeout
-        self._helper_cache: TTLCache[tuple[str, str], Credential | None] = TTLCache(
-            maxsize=256, ttl=_HELPER_CACHE_SECONDS
+        # hashed (helper, host) → what the helper answered (None: nothing for that host)
+        self._helper_cache: BoundedCache[str, Credential | None] = BoundedCache(
+            HELPER_CACHE_BYTES, ttl=_HELPER_CACHE_SECONDS
         )
 
     @classmethod
@@ -229,9 +235,10 @@ class Keyring:
         return None
 
     async def _from_helper(self, helper: str, host: str, where: str) -> Credential | None:
-        key = (helper, host)
-        if key in self._helper_cache:
-            return self._helper_cache[key]
+        key = hashed_key(helper, host)
+        known = self._helper_cache.get(key, _NOT_ASKED)
+        if known is None or isinstance(known, Credential):
+            return known
         cred = await run_credential_helper(helper, host, where, self._helper_timeout)
         self._helper_cache[key] = cred
         return cred
@@ -496,23 +503,27 @@ class TokenCache:
     """
 
     def __init__(
-        self, maxsize: int = 1024, margin: float = 5.0, timer: Callable[[], float] = time.monotonic
+        self,
+        max_bytes: int = TOKEN_CACHE_BYTES,
+        margin: float = 5.0,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._cache: TLRUCache[tuple[str, str, str], tuple[str, float]] = TLRUCache(
-            maxsize=maxsize, ttu=self._ttu, timer=timer
+        # Keys hashed: the scope is whatever the registry's WWW-Authenticate header said.
+        self._cache: BoundedCache[str, tuple[str, float]] = BoundedCache(
+            max_bytes, ttl=self._lifetime, timer=timer
         )
         self._margin = margin
 
-    def _ttu(self, _key: tuple[str, str, str], value: tuple[str, float], now: float) -> float:
+    def _lifetime(self, value: tuple[str, float]) -> float:
         ttl = value[1]
-        return now + max(ttl - min(self._margin, ttl / 2), 0.0)
+        return max(ttl - min(self._margin, ttl / 2), 0.0)
 
     def get(self, key: tuple[str, str, str]) -> str | None:
-        hit = self._cache.get(key)
+        hit = self._cache.get(hashed_key(*key))
         return hit[0] if hit else None
 
     def put(self, key: tuple[str, str, str], header: str, ttl: float) -> None:
-        self._cache[key] = (header, ttl)
+        self._cache[hashed_key(*key)] = (header, ttl)
 
     def discard(self, key: tuple[str, str, str]) -> None:
-        self._cache.pop(key, None)
+        self._cache.pop(hashed_key(*key), None)

@@ -21,8 +21,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from cachetools import LRUCache, TTLCache
 
+from webhook.caches import BoundedCache, hashed_key
 from webhook.errors import (
     DigestMismatch,
     InvalidImageData,
@@ -44,6 +44,13 @@ T = TypeVar("T")
 _MAX_INDEX_DEPTH = 2
 
 FlightKey = tuple[str, str, str, str, str]
+
+# Byte budgets of the client's caches (`webhook.caches.BoundedCache`); the digest cache's is
+# the `cache_bytes` setting. Keys are digests this process computed, or hashed.
+MEDIA_TYPES_BYTES = 4 * 1024 * 1024  # digest → media type: ~6,900 manifests
+FACTS_BYTES = 16 * 1024 * 1024  # (digest, platform) → ImageFacts: a few KB each
+PLATFORMS_BYTES = 4 * 1024 * 1024  # index digest → its runnable platforms: ~2,400 indexes
+READERS_BYTES = 2 * 1024 * 1024  # who was shown to read which repository: ~4,000 at once
 
 
 @dataclass(frozen=True)
@@ -105,14 +112,16 @@ class RegistryClient:
         self.transport = RegistryTransport(settings, self.keyring, http_transport, timer)
         self.stats = self.transport.stats
         self._digests = DigestCache(settings.cache_bytes)
-        self._media_types: LRUCache[str, str] = LRUCache(maxsize=65536)
-        self._facts: LRUCache[tuple[str, str], ImageFacts] = LRUCache(maxsize=16384)
+        self._media_types: BoundedCache[str, str] = BoundedCache(MEDIA_TYPES_BYTES)
+        self._facts: BoundedCache[tuple[str, str], ImageFacts] = BoundedCache(FACTS_BYTES)
         # index digest → its runnable platforms; a single-platform manifest's digest → None
-        self._platforms: LRUCache[str, tuple[Platform, ...] | None] = LRUCache(maxsize=16384)
-        # (registry, repository, credential fingerprint) shown to read the repository lately:
-        # cached content is handed out only to credentials in here (see `_may_read`).
-        self._readers: TTLCache[tuple[str, str, str], bool] = TTLCache(
-            maxsize=65536, ttl=settings.tag_ttl_seconds, timer=timer
+        self._platforms: BoundedCache[str, tuple[Platform, ...] | None] = BoundedCache(
+            PLATFORMS_BYTES
+        )
+        # hashed (registry, repository, credential fingerprint) shown to read the repository
+        # lately: cached content is handed out only to credentials in here (see `_may_read`).
+        self._readers: BoundedCache[str, bool] = BoundedCache(
+            READERS_BYTES, ttl=settings.tag_ttl_seconds, timer=timer
         )
         self._tags = TagCache(settings.tag_ttl_seconds, timer=timer)
         self._negative: NegativeCache[FlightKey] = NegativeCache(
@@ -194,9 +203,10 @@ class RegistryClient:
         kr = keyring if keyring is not None else self.keyring
         digest = ref.digest or (ref.tag and self._tags.get(ref.registry, ref.repository, ref.tag))
         if digest and digest in self._platforms:
+            known = self._platforms[digest]  # before the await: it may be evicted meanwhile
             await self._may_read(ref, kr)
             self.stats.cache_hits += 1
-            return self._platforms[digest]
+            return known
         top = await self.get_manifest(ref, kr)
         listed = tuple(runnable_platforms(_index_platforms(top, ref))) if top.is_index else None
         self._platforms[top.digest] = listed
@@ -334,7 +344,7 @@ class RegistryClient:
         proves they can (then remembered for the tag TTL, per credential fingerprint).
         """
         reader = _reader(ref, keyring)
-        if reader in self._readers:
+        if hashed_key(*reader) in self._readers:
             return
         key: FlightKey = ("access", *reader, ref.lookup)
         await self._flight(key, lambda: self._prove_access(ref, keyring))
@@ -346,7 +356,7 @@ class RegistryClient:
             headers={"Accept": mt.ACCEPT},
         )  # fmt: skip
         self.transport.check(reply, ref, what)
-        self._readers[_reader(ref, keyring)] = True
+        self._readers[hashed_key(*_reader(ref, keyring))] = True
 
     # ---- fetching --------------------------------------------------------------------------
 
@@ -400,7 +410,7 @@ class RegistryClient:
         self._media_types[digest] = manifest.media_type
         if ref.digest is None and ref.tag:
             self._tags.put(ref.registry, ref.repository, ref.tag, digest)
-        self._readers[_reader(ref, keyring)] = True
+        self._readers[hashed_key(*_reader(ref, keyring))] = True
         return manifest
 
     async def _fetch_config(self, ref: Reference, digest: str, keyring: Keyring) -> dict[str, Any]:
@@ -420,7 +430,7 @@ class RegistryClient:
         _verify(reply.body, ref, digest)
         config = _parse_config(reply.body, ref, digest)
         self._digests.put(digest, reply.body)
-        self._readers[_reader(ref, keyring)] = True
+        self._readers[hashed_key(*_reader(ref, keyring))] = True
         return config
 
 
