@@ -163,3 +163,23 @@ def test_render_dispatch() -> None:
     assert render(r, "html") == render_html(r)
     with pytest.raises(UsageError, match="choose one of table, json, markdown, html"):
         render(r, "yaml")
+
+
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [
+        ("registry.example.com:5000/team/app:1.2", "team/app:1.2"),
+        ("localhost:5001/app@sha256:" + "ab" * 32, "app@sha256:abababababab"),
+        ("localhost:5001/app:2@sha256:" + "ab" * 32, "app:2"),
+        ("nginx:1.27", "nginx:1.27"),
+        ("registry.example.com/a/very/deep/repository/path/app:v1.2.3", "…ository/path/app:v1.2.3"),
+    ],
+)
+def test_html_image_labels_show_repository_and_tag_not_the_host(image: str, shown: str) -> None:
+    rows = [
+        ReportRow(rule="non-root-user", result="pass", severity="high", message="ok", image=image)
+    ]
+    html = render_html(Report(rows, "check", NOW, workloads=False))  # grouped by image
+    by_group = html[html.index('id="by-group"') : html.index('id="by-rule"')]
+    labels = re.findall(r'class="mono"[^>]*><title>([^<]*)</title>([^<]*)<', by_group)
+    assert labels == [(image, shown)]

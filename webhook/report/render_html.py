@@ -154,7 +154,7 @@ def render_html(report: Report) -> str:
             "by-group",
             f"Compliance by {s.group_label.lower()}",
             group_sub,
-            _legend() + _stacked_bars(s.groups, ids, mono=s.group_label == "Image"),
+            _legend() + _stacked_bars(s.groups, ids, images=s.group_label == "Image"),
         ),
         _section(
             "by-rule",
@@ -258,17 +258,23 @@ def _svg_open(height: int, label: str) -> str:
     )
 
 
-def _label(text: str, y: float, width_pct: float, limit: int, *, mono: bool) -> str:
-    """A row label, left-aligned and clipped to its column (full text in a tooltip)."""
+def _label(
+    text: str, y: float, width_pct: float, limit: int, *, mono: bool, image: bool = False
+) -> str:
+    """A row label, left-aligned and clipped to its column (full text in a tooltip); an
+    image reference is shown as repository and tag (`_image_label`)."""
     family = ' class="mono" font-size="12"' if mono else ' font-size="13"'
+    shown = _image_label(text, limit) if image else _truncate(text, limit)
     return (
         f'<svg x="0" y="{y - 14:.1f}" width="{_pct(width_pct - 1)}" height="20">'
         f'<text x="0" y="14"{family}><title>{escape(text)}</title>'
-        f"{escape(_truncate(text, limit))}</text></svg>"
+        f"{escape(shown)}</text></svg>"
     )
 
 
-def _stacked_bars(groups: Sequence[tuple[str, Counts]], ids: _Ids, *, mono: bool = False) -> str:
+def _stacked_bars(
+    groups: Sequence[tuple[str, Counts]], ids: _Ids, *, mono: bool = False, images: bool = False
+) -> str:
     """Horizontal 100% stacked bars: one per group, a segment per result, % passing at right."""
     if not groups:
         return '<p class="empty">No results.</p>'
@@ -278,7 +284,7 @@ def _stacked_bars(groups: Sequence[tuple[str, Counts]], ids: _Ids, *, mono: bool
     for i, (name, counts) in enumerate(groups):
         y = i * ROW_H + 4
         total = sum(counts.values())
-        out.append(_label(name, y + BAR_H - 4, left, 24, mono=mono))
+        out.append(_label(name, y + BAR_H - 4, left, 24, mono=mono or images, image=images))
         clip = ids.next("bar")
         out.append(
             f'<clipPath id="{clip}"><rect x="{_pct(left)}" y="{y}" width="{_pct(span)}" '
@@ -322,6 +328,19 @@ def _short_image(image: str) -> str:
     return rest if sep and is_host else image
 
 
+def _image_label(image: str, limit: int) -> str:
+    """What tells images apart in a narrow column: repository and tag, without the host; a
+    digest only when there is no tag (shortened); clipped from the left, so the tag stays."""
+    short = _short_image(image)
+    name, at, digest = short.partition("@")
+    tagged = ":" in name.rsplit("/", 1)[-1]
+    if at and tagged:
+        short = name
+    elif at:
+        short = f"{name}@{digest[: len('sha256:') + 12]}"
+    return short if len(short) <= limit else "…" + short[-(limit - 1) :]
+
+
 def _size_chart(images: Sequence[ImageSummary], ids: _Ids) -> str:
     sized = sorted(
         (i for i in images if i.size is not None),
@@ -349,7 +368,7 @@ def _size_chart(images: Sequence[ImageSummary], ids: _Ids) -> str:
         over = img.budget is not None and size > img.budget
         color = COLORS["fail"] if over else COLORS["pass"]
         w = span * size / scale_max
-        out.append(_label(_short_image(img.image), y + BAR_H - 4, left, 30, mono=True))
+        out.append(_label(img.image, y + BAR_H - 4, left, 30, mono=True, image=True))
         out.append(
             f'<rect x="{_pct(left)}" y="{y}" width="{_pct(max(w, 0.2))}" height="{BAR_H}" '
             f'rx="3" fill="{color}" fill-opacity="0.88"><title>{escape(img.image)}: '
