@@ -302,6 +302,7 @@ def operator(
     log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
 ) -> None:
     """Run the kopf operator: ImageRebuilds, background audit, PolicyReports, replacements."""
+    import getpass
     import random
     import socket
     import uuid
@@ -315,7 +316,8 @@ def operator(
     logs.configure(json_format=log_format == "json")
     chosen = priority if priority is not None else random.randint(1, 2**31 - 1)
     stderr.print(f"operator peering priority {chosen}", highlight=False)
-    identity = f"imagegate-{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    # kopf's own format (user@host/...), so `kubectl get clusterkopfpeering` reads the same
+    identity = f"{getpass.getuser()}@{socket.gethostname()}/{uuid.uuid4().hex[:12]}"
     solo = standalone or peering is None  # no peering named: the only replica
     # a namespaced operator's KopfPeering lives in (each of) its namespaces
     seat = Seat(identity, chosen, None if solo else peering, namespace[0] if namespace else None)
