@@ -98,6 +98,14 @@ def check(
         str | None, typer.Option(help="Size budget, for example 200MB or 1.5GiB.")
     ] = None,
     insecure_registry: InsecureRegistries = None,
+    layers: Annotated[
+        bool,
+        typer.Option(
+            "--layers",
+            help="Read the layers too (download once, cached by digest): wasted bytes as Dive "
+            "counts them, cache files, setuid files, named users resolved.",
+        ),
+    ] = False,
 ) -> None:
     """Check images against policies.
 
@@ -105,6 +113,9 @@ def check(
     """
     with _exit_on_error():
         settings = _settings(insecure_registry)
+        # a command that ends at once gains nothing from background reads
+        deep = "always" if layers else settings.layers.deep
+        settings.layers = settings.layers.model_copy(update={"warm": False, "deep": deep})
         policies = load_policies(policy) if policy else [ImagePolicy()]
         budget = _parse_size(max_size) if max_size else None
         policies = [p.with_overrides(allow_base, budget) for p in policies]

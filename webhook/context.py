@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from webhook.layers.inspect import LayerInspector
 from webhook.policy.checker import Checker
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
@@ -24,6 +25,7 @@ class ProcessContext:
     keyring: Keyring
     registry: RegistryClient
     checker: Checker
+    layers: LayerInspector
 
     @property
     def tenant_keyring(self) -> Keyring:
@@ -51,8 +53,18 @@ class ProcessContext:
         keyring = keyring or Keyring.from_docker_config(settings.registry.docker_config)
         registry = registry or RegistryClient(settings.registry, keyring)
         ttl = settings.registry.tag_ttl_seconds if result_ttl is None else result_ttl
-        checker = Checker(registry, settings.check_concurrency, ttl, local_images=local_images)
-        return cls(settings, keyring, registry, checker)
+        deep = settings.layers
+        layers = LayerInspector.at(
+            registry, deep.directory, max_layer_bytes=deep.max_layer_bytes,
+            max_disk_bytes=deep.max_disk_bytes, concurrency=deep.download_concurrency,
+            warm=deep.warm,
+        )  # fmt: skip
+        checker = Checker(
+            registry, settings.check_concurrency, ttl, local_images=local_images,
+            layers=layers, deep=deep.deep,
+        )  # fmt: skip
+        return cls(settings, keyring, registry, checker, layers)
 
     async def aclose(self) -> None:
+        await self.layers.aclose()
         await self.registry.aclose()

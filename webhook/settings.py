@@ -179,6 +179,48 @@ class OperatorSettings(BaseSettings):
     )
 
 
+class LayerSettings(BaseSettings):
+    """Deep inspection: reading image layers (`webhook.layers`)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_LAYERS_", extra="forbid")
+
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where layer indexes are kept (default: imagegate-layers in the temp dir).",
+    )
+    max_disk_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Disk budget of the layer index cache."
+    )
+    max_layer_bytes: int = Field(
+        default=4 * 1024**3,
+        gt=0,
+        description="Largest layer read, compressed and uncompressed (larger: an error).",
+    )
+    download_concurrency: int = Field(
+        default=2, gt=0, description="Layers downloaded at once (each up to max_layer_bytes)."
+    )
+    warm: bool = Field(
+        default=True,
+        description=(
+            "Read the layers of images checked without them in the background, so that "
+            "`deepInspection: cachedOnly` finds them next time."
+        ),
+    )
+    deep: Literal["policy", "always", "never"] = Field(
+        default="policy",
+        description=(
+            "When layers are read: as each policy's deepInspection says, or always (the "
+            "operator's scan, `imagegate check --layers`), or never."
+        ),
+    )
+
+    @property
+    def directory(self) -> Path:
+        import tempfile
+
+        return self.cache_dir or Path(tempfile.gettempdir()) / "imagegate-layers"
+
+
 class Settings(BaseSettings):
     """Top-level settings for every imagegate command."""
 
@@ -189,6 +231,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    layers: LayerSettings = Field(default_factory=LayerSettings)
     platform: str | None = Field(
         default=None,
         description=(

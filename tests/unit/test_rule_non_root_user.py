@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.factories import facts
+from webhook.layers.analysis import ResolvedUser, UnresolvedUser
 from webhook.policy.model import NonRootUserRule
 from webhook.policy.outcome import ContainerContext
 from webhook.policy.rules import non_root_user
@@ -105,3 +106,48 @@ def test_severity_comes_from_the_rule() -> None:
     rule = NonRootUserRule(severity="critical")  # type: ignore[arg-type]
     [violation] = non_root_user.check(rule, facts(user=""), None).violations
     assert violation.severity == "critical"
+
+
+# ---- named users resolved through the image's own /etc/passwd (the layers were read) ------
+
+NOBODY = ResolvedUser("nobody", 65534, 65534)
+
+
+@pytest.mark.parametrize(
+    ("user", "resolved", "rule", "expected"),
+    [
+        pytest.param("nobody", NOBODY, LENIENT, None, id="nobody-is-65534"),
+        pytest.param("nobody", NOBODY, STRICT, "USER 65534:65534", id="strict-names-the-uid"),
+        pytest.param("toor", ResolvedUser("toor", 0, 0), LENIENT, "uid 0", id="alias-of-root"),
+        pytest.param("root", ResolvedUser("root", 0, 0), LENIENT, "uid 0", id="root-resolved"),
+        pytest.param("app:web", ResolvedUser("app", 1000, 33), LENIENT, None, id="user-group"),
+    ],
+)
+def test_a_named_user_is_judged_by_its_uid_when_resolved(
+    user: str, resolved: ResolvedUser, rule: NonRootUserRule, expected: str | None
+) -> None:
+    outcome = non_root_user.check(rule, facts(user=user), None, resolved)
+    assert outcome.error is None
+    messages = [v.message for v in outcome.violations]
+    if expected is None:
+        assert messages == []
+        assert outcome.facts["resolvedUid"] == resolved.uid
+    else:
+        assert len(messages) == 1, messages
+        assert expected in messages[0], messages
+
+
+def test_an_unknown_name_is_an_error_with_the_reason() -> None:
+    unknown = UnresolvedUser("ghost", "no user 'ghost' in /etc/passwd")
+    outcome = non_root_user.check(LENIENT, facts(user="ghost"), None, unknown)
+    assert outcome.violations == []
+    assert outcome.error == "USER ghost cannot be resolved: no user 'ghost' in /etc/passwd"
+
+
+def test_a_run_as_user_override_needs_no_resolution() -> None:
+    unknown = UnresolvedUser("ghost", "no user 'ghost' in /etc/passwd")
+    outcome = non_root_user.check(
+        STRICT, facts(user="ghost"), ContainerContext(run_as_user=1000), unknown
+    )
+    assert outcome.violations == []
+    assert outcome.error is None

@@ -51,6 +51,8 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings | None = None, seat: Seat | None = None) -> Runtime:
         settings = settings or Settings()
+        if settings.layers.deep == "policy":  # the background scan has the time to read layers
+            settings.layers = settings.layers.model_copy(update={"deep": "always"})
         cluster = KubernetesCluster.connect(settings.webhook.kubeconfig)
         context = ProcessContext.from_settings(settings)
         policies = ClusterPolicies(cluster, settings.webhook.policy_refresh_seconds)

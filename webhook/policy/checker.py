@@ -16,10 +16,12 @@ from typing import Any, Literal
 
 from webhook.caches import BoundedCache, approx_size, hashed_key
 from webhook.errors import ImagegateError
+from webhook.layers.analysis import is_numeric_user
+from webhook.layers.inspect import LayerFindings, LayerInspector
 from webhook.policy.bases import check_claim
 from webhook.policy.evaluate import evaluate
 from webhook.policy.limits import RegistryLimits
-from webhook.policy.model import ImagePolicy, Mode
+from webhook.policy.model import DeepInspection, ImagePolicy, Mode
 from webhook.policy.outcome import ContainerContext, Violation
 from webhook.policy.platforms import ANYWHERE, Placement, wanted_platforms
 from webhook.policy.rules.allowed_base import KnownBase, concrete_references, identify_base
@@ -153,12 +155,17 @@ class Checker:
         result_ttl: float = 30.0,
         *,
         local_images: bool = False,
+        layers: LayerInspector | None = None,
+        deep: Literal["policy", "always", "never"] = "policy",
     ) -> None:
         """`local_images` lets `docker-daemon:` references read this machine's Docker engine:
         right for `imagegate check`, wrong in the cluster, where the kubelet would pull
-        docker.io/library/docker-daemon instead of what was checked."""
+        docker.io/library/docker-daemon instead of what was checked. `layers` reads image
+        layers when the policies' `deepInspection` (or `deep`, when not "policy") allows."""
         self._client = client
         self._local_images = local_images
+        self._layers = layers
+        self._deep = deep
         self._limits = RegistryLimits(concurrency)
         # Values hold the policies too, so their ids in the key cannot be reused while cached.
         # Keys are `_result_key`s (hashed: a placement or pull secret names can be long).
@@ -315,6 +322,13 @@ class Checker:
             reference = None if image.startswith(DAEMON_PREFIX) else Reference.parse(image)
         except ImagegateError as err:
             return CheckResult(image, "error", platform=str(chosen), policies=names, error=str(err))
+        try:
+            findings = await self._read_layers(image, facts, applicable, chosen, keyring)
+        except ImagegateError as err:
+            return CheckResult(
+                image, "error", digest=facts.digest, platform=facts.platform, policies=names,
+                error=f"cannot read the layers: {err}",
+            )  # fmt: skip
         violations: list[Violation] = []
         derived: dict[str, Any] = {}
         transient = False
@@ -334,7 +348,13 @@ class Checker:
                 self._client, policy.spec.rules.allowed_bases, facts, chosen, keyring, self._limits
             )
             transient = transient or (claim is not None and claim.status == "unverifiable")
-            outcome = evaluate(policy, facts, reference, known, container, claim)
+            layers = findings if self._deep_mode(policy) is not None else None
+            outcome = evaluate(policy, facts, reference, known, container, claim, layers)
+            if outcome.error:
+                return CheckResult(
+                    image, "error", digest=facts.digest, platform=facts.platform,
+                    policies=names, error=outcome.error,
+                )  # fmt: skip
             violations.extend(outcome.violations)
             derived = outcome.facts | derived
         return CheckResult(
@@ -347,6 +367,41 @@ class Checker:
             policies=names,
             transient=transient,
         )
+
+    def _deep_mode(self, policy: ImagePolicy) -> bool | None:
+        """Whether `policy` reads layers: None not at all, False only indexed ones, True
+        downloading what is missing."""
+        if self._layers is None or self._deep == "never":
+            return None
+        if self._deep == "always":
+            return True
+        mode = policy.spec.deep_inspection
+        return None if mode is DeepInspection.never else mode is DeepInspection.always
+
+    async def _read_layers(
+        self,
+        image: str,
+        facts: ImageFacts,
+        applicable: list[ImagePolicy],
+        platform: Platform,
+        keyring: Keyring | None,
+    ) -> LayerFindings | None:
+        """The layers' findings when a policy wants them and may read them (once per image)."""
+        if self._layers is None or image.startswith(DAEMON_PREFIX):
+            return None
+        wanting = [
+            mode
+            for p in applicable
+            if (mode := self._deep_mode(p)) is not None and _uses_layers(p, facts)
+        ]
+        if not wanting:
+            return None
+        known = await known_bases(self._client, applicable, platform, keyring, self._limits)
+        async with self._limits.of_image(image):
+            return await self._layers.inspect(
+                image, facts, keyring, download=any(wanting),
+                base_layers=_base_layers(facts, known), readable_under=_entry_dirs(facts),
+            )  # fmt: skip
 
     async def check_all(
         self, images: list[str], policies: list[ImagePolicy], platform: Platform | None = None
@@ -488,3 +543,29 @@ def registry_violations(image: str, policies: Iterable[ImagePolicy]) -> list[Vio
         for p in policies
         if not p.spec.registries.allows(registry)
     ]
+
+
+def _uses_layers(policy: ImagePolicy, facts: ImageFacts) -> bool:
+    """Whether reading the layers can change `policy`'s verdict on `facts`."""
+    rules = policy.spec.rules
+    named = not is_numeric_user(facts.user.strip())
+    return rules.layer_efficiency.enabled or (rules.non_root_user.enabled and named)
+
+
+def _base_layers(facts: ImageFacts, known: list[KnownBase]) -> int:
+    """How many bottom layers are an approved base's (its diff_ids are a prefix of the
+    image's), for Dive's user-wasted ratio; 1 when no base is known, as Dive assumes."""
+    best = 1
+    for base in known:
+        n = len(base.diff_ids)
+        if n and tuple(facts.diff_ids[:n]) == base.diff_ids and n < len(facts.diff_ids):
+            best = max(best, n)
+    return best
+
+
+def _entry_dirs(facts: ImageFacts) -> tuple[str, ...]:
+    """The entrypoint's directory: files there that only root can read break a user switch."""
+    argv = facts.entrypoint or facts.cmd or []
+    if argv and argv[0].startswith("/") and "/" in argv[0][1:]:
+        return (argv[0].rsplit("/", 1)[0],)
+    return ()

@@ -37,6 +37,7 @@ RULE_IDS = (
     "single-entrypoint",
     "immutable-reference",
     "allowed-registry",
+    "layer-efficiency",
 )
 
 
@@ -289,12 +290,46 @@ class ImmutableReferenceRule(_Rule):
     )
 
 
+class DeepInspection(StrEnum):
+    """When the layers are read (`webhook.layers`): they say what the config cannot (wasted
+    bytes, cache files, who a named USER is), but a cold image costs a download."""
+
+    cached_only = "cachedOnly"  # only layers already indexed (the first admission stays fast)
+    always = "always"
+    never = "never"
+
+
+class LayerEfficiencyRule(_Rule):
+    """`layer-efficiency`: Dive CI's thresholds, plus no package caches left in the image.
+
+    Evaluated only when the layers were read (`deepInspection`, `imagegate check --layers`, the
+    operator's scan). Dive's own defaults (no `.dive-ci`): efficiency 0.9, user waste 0.1.
+    """
+
+    lowest_efficiency: float = Field(
+        default=0.9, ge=0, le=1, description="Fail below this Dive efficiency score (0..1)."
+    )
+    highest_wasted_bytes: ByteSizeField | None = Field(
+        default=None, description="Fail at or above this many wasted bytes (default: off)."
+    )
+    highest_user_wasted_percent: float | None = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Fail at or above this ratio (0..1) of wasted bytes to the non-base layers.",
+    )
+    forbid_cache_files: bool = Field(
+        default=True, description="Fail when package-manager caches are left in the image."
+    )
+
+
 class Rules(_Model):
     non_root_user: NonRootUserRule = Field(default_factory=NonRootUserRule)
     allowed_bases: AllowedBasesRule = Field(default_factory=AllowedBasesRule)
     size_budget: SizeBudgetRule = Field(default_factory=SizeBudgetRule)
     single_entrypoint: SingleEntrypointRule = Field(default_factory=SingleEntrypointRule)
     immutable_reference: ImmutableReferenceRule = Field(default_factory=ImmutableReferenceRule)
+    layer_efficiency: LayerEfficiencyRule = Field(default_factory=LayerEfficiencyRule)
 
 
 class Remediation(_Model):
@@ -377,6 +412,14 @@ class PolicySpec(_Model):
             "The platforms (linux/arch[/variant]) of the cluster's nodes: of a multi-arch image, "
             "the entry each of them would pull (chosen as containerd does) is checked. Empty: "
             "every Linux platform of the image that can run where the Pod may be scheduled."
+        ),
+    )
+    deep_inspection: DeepInspection = Field(
+        default=DeepInspection.cached_only,
+        description=(
+            "When the layers are read: cachedOnly (only layers already indexed: the first "
+            "admission of an image stays fast), always, or never. `imagegate check --layers` "
+            "and the operator's scan always read them."
         ),
     )
     rules: Rules = Field(default_factory=Rules)

@@ -33,6 +33,9 @@ class RuleOutcome:
 
     violations: list[Violation] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    # The rule could not be decided from what the image says (a USER its /etc/passwd does not
+    # list): the check is an error, which the policy's onError decides.
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         )
     console.print(table)
     for r in results:
+        if isinstance(r.facts.get("layerAnalysis"), dict):
+            _render_layers(r, console)
+    for r in results:
         if not (r.error or r.violations):
             continue
         console.print(Text(r.image, style="bold"))
@@ -55,6 +58,44 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
             console.print(Padding(Text(v.message), (0, 0, 0, 4)))
     passed = sum(r.verdict == "pass" for r in results)
     console.print(f"\n{passed} of {len(results)} images pass")
+
+
+def _render_layers(r: CheckResult, console: Console) -> None:
+    """`--layers`: where the image's bytes go, Dive-style, with what is wasted and left behind."""
+    a = r.facts["layerAnalysis"]
+    user_wasted = a.get("userWastedPercent")
+    console.print(
+        Text.assemble(
+            (r.image, "bold"),
+            f"  efficiency {a['efficiency']:.1%}, wasted {human(a['wastedBytes'])}",
+            f" ({user_wasted:.1%} of the layers above the base)" if user_wasted is not None else "",
+        )
+    )
+    table = Table(expand=False, box=None, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("Size", justify="right", no_wrap=True)
+    table.add_column("+", justify="right")
+    table.add_column("~", justify="right")
+    table.add_column("-", justify="right")
+    table.add_column("Wasted", justify="right", no_wrap=True)
+    table.add_column("Command", overflow="ellipsis", no_wrap=True, max_width=90)
+    for i, layer in enumerate(a["layers"]):
+        table.add_row(
+            str(i), human(layer["size"]), str(layer["added"]), str(layer["changed"]),
+            str(layer["removed"]), human(layer["wastedBytes"]) if layer["wastedBytes"] else "",
+            Text(" ".join(str(layer["createdBy"]).split())),
+        )  # fmt: skip
+    console.print(Padding(table, (0, 0, 0, 2)))
+    for w in a["topWasted"][:5]:
+        console.print(Text(f"  wasted  {human(w['bytes']):>9}  {w['path']}"))
+    for c in a["cacheFiles"][:10]:
+        console.print(Text(f"  cache   {human(c['bytes']):>9}  {c['path']} ({c['kind']})"))
+    for path in a["setuid"][:10]:
+        console.print(Text(f"  setuid             {path}"))
+    user = r.facts.get("resolvedUser")
+    if isinstance(user, dict):
+        console.print(Text(f"  USER {user['name']} is {user['uid']}:{user['gid']} in /etc/passwd"))
+    console.print()
 
 
 def _short(digest: str | None) -> str:

@@ -68,6 +68,7 @@ CATEGORIES: Final[Mapping[str, str]] = {
     "single-entrypoint": "Reliability",
     "immutable-reference": "Supply Chain",
     "allowed-registry": "Supply Chain",
+    "layer-efficiency": "Efficiency",
     INSPECTION_RULE: "Inspection",
 }
 
@@ -125,6 +126,7 @@ class PolicyInfo:
             "size-budget": r.size_budget,
             "single-entrypoint": r.single_entrypoint,
             "immutable-reference": r.immutable_reference,
+            "layer-efficiency": r.layer_efficiency,
         }
         rules = {rule: c.severity for rule, c in configured.items() if c.enabled}
         if policy.spec.registries.allowed:  # only a policy with a list checks registries
@@ -201,6 +203,8 @@ def results_of(entry: ReportEntry, now: datetime) -> list[dict[str, Any]]:
         for rule in sorted(rules, key=_rule_order):
             if rule == "immutable-reference" and r.image.startswith(DAEMON_PREFIX):
                 continue  # a local image has no reference to pin (webhook.policy.evaluate)
+            if rule == "layer-efficiency" and "layerAnalysis" not in r.facts:
+                continue  # the layers were not read: nothing was decided
             v = violated.get(rule)
             props = _properties(entry, info)
             if v is None:
@@ -221,6 +225,7 @@ PASS_MESSAGES: Final = {
     "single-entrypoint": "one process, started in exec form",
     "immutable-reference": "the reference is pinned to the digest that was checked",
     "allowed-registry": "the image comes from an allowed registry",
+    "layer-efficiency": "the layers waste little and ship no cache files",
 }
 
 
@@ -266,6 +271,7 @@ def _properties(entry: ReportEntry, info: PolicyInfo) -> dict[str, str]:
         "sizeBudget": facts.get("sizeBudget"),
         "effectiveUser": facts.get("effectiveUser"),
     }
+    props |= _layer_properties(facts)
     base = facts.get("base")
     if isinstance(base, Mapping):
         props |= {
@@ -276,6 +282,51 @@ def _properties(entry: ReportEntry, info: PolicyInfo) -> dict[str, str]:
             "baseVerified": _flag(base.get("verified")),
         }
     return {k: str(v) for k, v in props.items() if v is not None and v != ""}
+
+
+LAYERS_LISTED = 64
+WASTED_LISTED = 10
+CACHES_LISTED = 20
+CREATED_BY_CHARS = 200
+
+
+def _layer_properties(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """The layer analysis as PolicyReport properties (strings; lists as compact JSON, clipped:
+    a report object must stay far below the API server's size limit)."""
+    analysis = facts.get("layerAnalysis")
+    props: dict[str, Any] = {}
+    user = facts.get("resolvedUser")
+    if isinstance(user, Mapping):
+        props["resolvedUser"] = f"{user.get('name')}={user.get('uid')}:{user.get('gid')}"
+    if not isinstance(analysis, Mapping):
+        return props
+    layers = [
+        {
+            "digest": layer.get("digest"),
+            "createdBy": str(layer.get("createdBy") or "")[:CREATED_BY_CHARS],
+            "size": layer.get("size"),
+            "wastedBytes": layer.get("wastedBytes"),
+        }
+        for layer in analysis.get("layers") or []
+    ][:LAYERS_LISTED]
+    wasted = [
+        {"path": w.get("path"), "bytes": w.get("bytes")} for w in analysis.get("topWasted") or []
+    ][:WASTED_LISTED]
+    caches = list(analysis.get("cacheFiles") or [])[:CACHES_LISTED]
+    efficiency = analysis.get("efficiency")
+    user_wasted = analysis.get("userWastedPercent")
+    return props | {
+        "layerEfficiency": f"{efficiency:.4f}" if isinstance(efficiency, float) else efficiency,
+        "wastedBytes": analysis.get("wastedBytes"),
+        "userWastedPercent": f"{user_wasted:.4f}" if isinstance(user_wasted, float) else None,
+        "layers": _compact(layers),
+        "topWasted": _compact(wasted),
+        "cacheFiles": _compact(caches),
+    }
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def summary_of(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -119,3 +119,15 @@ podAntiAffinity:
         {{- toYaml $term | nindent 8 }}
 {{- end -}}
 {{- end -}}
+
+{{/* Deep inspection: where layer indexes live and how much they may take (values.layers). */}}
+{{- define "imagegate.layersEnv" -}}
+- name: IMAGEGATE_LAYERS_CACHE_DIR
+  value: /var/cache/imagegate/layers
+- name: IMAGEGATE_LAYERS_MAX_DISK_BYTES
+  value: {{ .Values.layers.maxDiskBytes | int64 | quote }}
+- name: IMAGEGATE_LAYERS_MAX_LAYER_BYTES
+  value: {{ .Values.layers.maxLayerBytes | int64 | quote }}
+- name: IMAGEGATE_LAYERS_DOWNLOAD_CONCURRENCY
+  value: {{ .Values.layers.downloadConcurrency | quote }}
+{{- end }}

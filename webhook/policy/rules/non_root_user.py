@@ -4,10 +4,15 @@ The effective user is the container's `securityContext.runAsUser`, else the pod'
 image's `USER`. The kubelet refuses non-numeric users under `runAsNonRoot: true` because it
 cannot tell their uid without reading the image's /etc/passwd, so named users are refused
 when `requireNumericUser` is on.
+
+When the layers were read (`webhook.layers`), a named USER is resolved through the image's own
+`/etc/passwd` as runc does at start: a name that is uid 0 fails, `nobody` passes as 65534 (and
+still fails `requireNumericUser`, with its uid in the fix), a name it does not list is an error.
 """
 
 from __future__ import annotations
 
+from webhook.layers.analysis import ResolvedUser, UnresolvedUser
 from webhook.policy.model import NonRootUserRule
 from webhook.policy.outcome import ContainerContext, RuleOutcome, Violation
 from webhook.registry.facts import ImageFacts
@@ -28,8 +33,12 @@ def split_user(user: str) -> tuple[str, str | None]:
 
 
 def check(
-    rule: NonRootUserRule, facts: ImageFacts, container: ContainerContext | None
+    rule: NonRootUserRule,
+    facts: ImageFacts,
+    container: ContainerContext | None,
+    resolved: ResolvedUser | UnresolvedUser | None = None,
 ) -> RuleOutcome:
+    """`resolved`: the image USER looked up in the image's /etc/passwd (None: not read)."""
     image_user = facts.user.strip()
     found: dict[str, object] = {"user": image_user}
     ctx = container or ContainerContext()
@@ -57,15 +66,30 @@ def check(
         if int(name) == 0:
             return _fail(rule, found, f"the image runs as uid 0 (USER {image_user}): {FIX}")
         return RuleOutcome(facts=found)
-    if name == "root":
+    if isinstance(resolved, UnresolvedUser):
+        return RuleOutcome(
+            facts=found, error=f"USER {image_user} cannot be resolved: {resolved.reason}"
+        )
+    if isinstance(resolved, ResolvedUser):
+        found |= {"resolvedUid": resolved.uid, "resolvedGid": resolved.gid}
+        if resolved.uid == 0:
+            return _fail(
+                rule, found, f"USER {image_user} is uid 0 (root) in the image's /etc/passwd: {FIX}"
+            )
+    elif name == "root":
         return _fail(rule, found, f"the image runs as root (USER {image_user}): {FIX}")
     if rule.require_numeric_user:
+        numeric = (
+            f"`USER {resolved.uid}:{resolved.gid}` (what {name!r} is in the image's /etc/passwd)"
+            if isinstance(resolved, ResolvedUser)
+            else "for example `USER 65532:65532`"
+        )
         return _fail(
             rule,
             found,
             f"the image runs as the named user {name!r}: with runAsNonRoot the kubelet refuses "
             f'it ("image has non-numeric user ({name}), cannot verify user is non-root"); '
-            f"use its numeric uid instead, for example `USER 65532:65532`",
+            f"use its numeric uid instead, {numeric}",
         )
     return RuleOutcome(facts=found)
 
