@@ -22,13 +22,26 @@ from rich.console import Console
 from webhook.errors import UsageError
 from webhook.report.output import render
 from webhook.report.render import render_json, render_markdown, render_table
-from webhook.report.render_html import render_html
-from webhook.report.sources import Report, ReportRow, report_from_file
+from webhook.report.render_html import COLORS, render_html
+from webhook.report.sources import (
+    LayerBar,
+    LayerReport,
+    Report,
+    ReportRow,
+    WastedFile,
+    report_from_file,
+)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report"
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 UPDATE = os.environ.get("IMAGEGATE_UPDATE_GOLDEN", "") not in ("", "0")
-SOURCES = {"cluster": "policyreports.json", "check": "check-output.json"}
+SOURCES = {
+    "cluster": "policyreports.json",
+    "check": "check-output.json",
+    # with layer analysis (`imagegate check --layers`), as check output and as a PolicyReport
+    "check-layers": "check-layers.json",
+    "cluster-layers": "policyreport-layers.json",
+}
 
 
 def report(source: str) -> Report:
@@ -183,3 +196,108 @@ def test_html_image_labels_show_repository_and_tag_not_the_host(image: str, show
     by_group = html[html.index('id="by-group"') : html.index('id="by-rule"')]
     labels = re.findall(r'class="mono"[^>]*><title>([^<]*)</title>([^<]*)<', by_group)
     assert labels == [(image, shown)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers (`imagegate check --layers`)
+
+
+def layers_html(source: str) -> str:
+    html = render_html(report(source))
+    start = html.index('<section id="layers">')
+    return html[start : html.index("</section>", start)]
+
+
+@pytest.mark.parametrize("source", ["cluster", "check"])
+def test_reports_without_layer_analysis_show_no_layer_section(source: str) -> None:
+    assert 'id="layers"' not in render_html(report(source))
+    assert "Layer efficiency" not in render_markdown(report(source))
+    assert all("layerAnalysis" not in i for i in json.loads(render_json(report(source)))["images"])
+
+
+@pytest.mark.parametrize("source", ["check-layers", "cluster-layers"])
+def test_html_layer_chart_per_analysed_image(source: str) -> None:
+    section = layers_html(source)
+    blocks = section.split('<details class="layers"')[1:]
+    # most wasted first; the image without analysis shows nothing
+    assert [re.search(r'<span class="mono">([^<]*)<', b)[1] for b in blocks] == [  # type: ignore[index]
+        "localhost:5001/shop/api:2.3",
+        "localhost:5001/fixtures/nobody:1",
+    ]
+    api, nobody = blocks
+    assert "84.4%</b> efficient" in api
+    assert "65.3 MB</b> wasted (20.8% of its own layers)" in api
+    assert f'style="color:{COLORS["fail"]}"' in api  # its layer-efficiency rule fails
+    assert "color:" not in nobody.split("</summary>")[0]
+    assert "USER <b>nobody (65534:65534)</b>" in nobody
+    assert api.count("<title>layer ") >= 6 + 6  # a bar and a tooltip label per layer
+    # the whiteout layer: 1 kB of its own, 31.5 MB deleted below, hatched past its bar
+    assert "deletes or overwrites 31.5 MB still shipped in the layers below" in api
+    assert re.search(r'fill="url\(#hatch\d+\)"', api)
+    for shown in (
+        # labels are tidied and clipped, the tooltip keeps the whole command
+        ">RUN pip install -r /app/requirements.txt<",
+        "\nRUN /bin/sh -c pip install -r /app/requirements.txt # buildkit</title>",
+        "<h4>Most wasted files</h4>",
+        ">62,914,560<",
+        ">62.9 MB<",
+        "<h4>Cache files left in the image</h4>",
+        "/var/lib/apt/lists",
+    ):
+        assert shown in api
+    assert "<h4>Cache files" not in nobody
+
+
+def test_html_layer_text_is_escaped() -> None:
+    for source in ("check-layers", "cluster-layers"):
+        section = layers_html(source)
+        assert "<script>" not in section
+        assert "<img" not in section
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section
+        assert "/app/&lt;img src=x onerror=alert(1)&gt;.txt" in section
+
+
+def test_html_layer_sources_differ_only_in_what_properties_omit() -> None:
+    check, cluster = layers_html("check-layers"), layers_html("cluster-layers")
+    assert "<th>Layers</th>" in check
+    assert "added in 3, again in 4" in check
+    assert "<th>Layers</th>" not in cluster
+
+
+def test_html_layer_chart_of_hostile_layers() -> None:
+    layers = LayerReport(
+        efficiency=0.5,
+        wasted_bytes=0,
+        layers=tuple(LayerBar("d", "</text><script>x</script>" * 300, 0, 0) for _ in range(3)),
+        more_layers=7,
+    )
+    rows = [ReportRow(image="a:1", rule="layer-efficiency", result="pass", severity="medium",
+                      message="", layers=layers)]  # fmt: skip
+    html = render_html(Report.of(rows, "x", NOW))
+    parser = _Collector()
+    parser.feed(html)
+    assert "script" not in parser.tags
+    assert "…and 7 more layers" in html
+    assert len(parser.ids) == len(set(parser.ids))
+
+
+def test_json_and_markdown_summarise_the_layers() -> None:
+    doc = json.loads(render_json(report("check-layers")))
+    by_image = {i["image"].split("/")[-1]: i.get("layerAnalysis") for i in doc["images"]}
+    assert by_image["plain:1"] is None
+    assert by_image["api:2.3"]["efficiency"] == 0.8438
+    assert by_image["api:2.3"]["wastedBytes"] == 65_323_008
+    assert by_image["nobody:1"]["resolvedUser"] == {"name": "nobody", "uid": 65534, "gid": 65534}
+    md = render_markdown(report("check-layers"))
+    lines = [line for line in md.splitlines() if "| 84.4% |" in line or "| 99.9% |" in line]
+    assert len(lines) == 2
+
+
+def test_markdown_layer_paths_cannot_break_the_table() -> None:
+    layers = LayerReport(wasted_bytes=5, top_wasted=(WastedFile("/a|b\n| c <i>", 5),))
+    rows = [ReportRow(image="a:1", rule="layer-efficiency", result="pass", severity="medium",
+                      message="", layers=layers)]  # fmt: skip
+    md = render_markdown(Report.of(rows, "x", NOW))
+    [line] = [line for line in md.splitlines() if line.startswith("| `a:1`")]
+    assert line.endswith("| `/a\\|b \\| c <i>` (5 B) |")
+    assert len(re.findall(r"(?<!\\)\|", line)) == 6  # five cells, no more

@@ -15,10 +15,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from webhook.policy.rules.size_budget import human
 from webhook.report.policyreport import RESULTS
-from webhook.report.sources import Report
+from webhook.report.sources import LayerReport, Report
 from webhook.report.summary import (
     PROBLEMS,
+    Summary,
     compliance,
     headline,
     percent,
@@ -30,6 +32,7 @@ from webhook.report.summary import (
 )
 
 MAX_MARKDOWN_PROBLEMS: Final = 200  # GitHub comments are limited to 65536 characters
+MAX_MARKDOWN_LAYERS: Final = 50
 RESULT_STYLE: Final = {
     "pass": "green",
     "fail": "bold red",
@@ -141,6 +144,7 @@ def render_markdown(report: Report) -> str:
                 out.append(f"- **{md_cell(p.rule)}** ({p.severity}): {md_cell(p.message)}")
             out.append("")
         out.append("</details>")
+    out += _markdown_layers(s)
     if s.problems:
         out += ["", f"<details><summary>All {len(s.problems)} problems</summary>", ""]
         if report.workloads:
@@ -167,6 +171,35 @@ def render_markdown(report: Report) -> str:
             out += ["", f"…and {more} more: see `imagegate report --output json`."]
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
+
+
+def _markdown_layers(s: Summary) -> list[str]:
+    """A line per image whose layers were read: efficiency, waste, caches, the worst path."""
+    if not s.layered:
+        return []
+    out = ["", "### Layer efficiency", ""]
+    out.append("| Image | Efficiency | Wasted | Cache files | Most wasted |")
+    out.append("|-------|-----------:|-------:|------------:|-------------|")
+    for img in s.layered[:MAX_MARKDOWN_LAYERS]:
+        if img.layers:
+            out.append(f"| {md_code(img.image)} | {_layer_cells(img.layers)} |")
+    more = len(s.layered) - MAX_MARKDOWN_LAYERS
+    if more > 0:
+        out += ["", f"…and {more} more: see `imagegate report --output json`."]
+    return out
+
+
+def _layer_cells(layers: LayerReport) -> str:
+    efficiency = "" if layers.efficiency is None else f"{layers.efficiency * 100:.1f}%"
+    wasted = "" if layers.wasted_bytes is None else human(layers.wasted_bytes)
+    if wasted and layers.user_wasted is not None:
+        wasted += f" ({layers.user_wasted * 100:.1f}% of its own layers)"
+    caches = human(layers.cache_bytes) if layers.cache_files else ""
+    top = layers.top_wasted[0] if layers.top_wasted else None
+    # a path is attacker-chosen: one line, pipes escaped (GitHub reads `\|` in code as `|`)
+    path = " ".join(top.path[:200].split()).replace("|", "\\|") if top else ""
+    worst = f"{md_code(path)} ({human(top.bytes)})" if top else ""
+    return " | ".join(md_cell(x) for x in (efficiency, wasted, caches)) + f" | {worst}"
 
 
 # ---------------------------------------------------------------------------------------------

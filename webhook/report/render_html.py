@@ -14,7 +14,7 @@ from typing import Final
 
 from webhook.policy.rules.size_budget import human
 from webhook.report.policyreport import RESULTS
-from webhook.report.sources import Report
+from webhook.report.sources import LayerBar, LayerReport, Report
 from webhook.report.summary import (
     Counts,
     ImageSummary,
@@ -42,8 +42,15 @@ SEVERITY_COLORS: Final = {
     "low": "#9a6700",
     "info": "#57606a",
 }
+# The layer chart: layer bytes, and the wasted part of them (or, past a layer's own bytes, what
+# its whiteouts delete from the layers below: still shipped, hatched).
+LAYER_COLORS: Final = {"bytes": "#54aeff", "wasted": "#e16f24"}
 ROW_H: Final = 30
 BAR_H: Final = 18
+LAYER_ROW_H: Final = 24
+LAYER_BAR_H: Final = 14
+MAX_LAYER_IMAGES: Final = 20
+OPEN_LAYER_IMAGES: Final = 4
 MAX_SIZE_ROWS: Final = 25
 MAX_PROBLEM_ROWS: Final = 500
 OPEN_PROBLEMS_UP_TO: Final = 25
@@ -110,6 +117,17 @@ tr:last-child td { border-bottom: 0; }
 .offender li.critical, .offender li.high { border-left-color: var(--fail); }
 .offender li.medium { border-left-color: #bc4c00; }
 .offender li.low, .offender li.info { border-left-color: var(--warn); }
+.layers { border-top: 1px solid var(--line); padding: 12px 0 4px; }
+.layers:first-of-type { border-top: 0; padding-top: 4px; }
+.layers summary { overflow-wrap: anywhere; }
+.layers summary .facts { display: block; color: var(--muted); font-size: 13px; font-weight: 400;
+  margin: 2px 0 0 1.15em; }
+.layers summary .facts b { color: var(--fg); }
+.layers h4 { font-size: 12px; margin: 14px 0 2px; color: var(--muted); font-weight: 600;
+  text-transform: uppercase; letter-spacing: .05em; }
+.layers table { margin-bottom: 4px; }
+.layers td { vertical-align: baseline; }
+th.num, td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 .fix { display: block; color: var(--fg); }
 .small { color: var(--muted); font-size: 12px; margin-top: 2px; }
 .nw { white-space: nowrap; }
@@ -119,7 +137,8 @@ details[open] summary { margin-bottom: 8px; }
 .empty { color: var(--muted); font-style: italic; }
 footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8px; }
 @media (max-width: 560px) { main { padding: 16px 10px 32px; } .grid { display: block; }
-  h1 { font-size: 22px; } section { padding: 12px; } }
+  h1 { font-size: 22px; } section { padding: 12px; }
+  svg .tick { display: none; } svg .narrow-off { display: none; } }
 @media print { body { background: #fff; } section, .card { break-inside: avoid; } }
 """
 
@@ -169,6 +188,7 @@ def render_html(report: Report) -> str:
             "Compressed size a node pulls; the dark tick is the image's size budget.",
             _size_chart(s.images, ids),
         ),
+        _layers_section(s.layered, ids) if s.layered else "",
         _section(
             "offenders",
             "Top offending images",
@@ -259,15 +279,23 @@ def _svg_open(height: int, label: str) -> str:
 
 
 def _label(
-    text: str, y: float, width_pct: float, limit: int, *, mono: bool, image: bool = False
+    text: str,
+    y: float,
+    width_pct: float,
+    limit: int,
+    *,
+    mono: bool,
+    image: bool = False,
+    x_pct: float = 0,
+    tooltip: str = "",
 ) -> str:
-    """A row label, left-aligned and clipped to its column (full text in a tooltip); an
-    image reference is shown as repository and tag (`_image_label`)."""
+    """A row label, left-aligned and clipped to its column (the full text, or `tooltip`, in a
+    tooltip); an image reference is shown as repository and tag (`_image_label`)."""
     family = ' class="mono" font-size="12"' if mono else ' font-size="13"'
     shown = _image_label(text, limit) if image else _truncate(text, limit)
     return (
-        f'<svg x="0" y="{y - 14:.1f}" width="{_pct(width_pct - 1)}" height="20">'
-        f'<text x="0" y="14"{family}><title>{escape(text)}</title>'
+        f'<svg x="{_pct(x_pct)}" y="{y - 14:.1f}" width="{_pct(width_pct - x_pct - 1)}" '
+        f'height="20"><text x="0" y="14"{family}><title>{escape(tooltip or text)}</title>'
         f"{escape(shown)}</text></svg>"
     )
 
@@ -353,15 +381,10 @@ def _size_chart(images: Sequence[ImageSummary], ids: _Ids) -> str:
     left, span = 26.0, 54.0
     axis_h = 24
     height = ROW_H * len(shown) + axis_h + 6
-    out = [_svg_open(height, "image sizes against their budgets")]
-    for k in range(5):  # gridlines with size labels
-        gx = left + span * k / 4
-        out.append(
-            f'<line x1="{_pct(gx)}" x2="{_pct(gx)}" y1="0" y2="{height - axis_h}" '
-            'stroke="#eaeef2" stroke-width="1"/>'
-            f'<text x="{_pct(gx)}" y="{height - 6}" text-anchor="middle" font-size="11" '
-            f'class="muted">{escape(human(int(scale_max * k / 4)))}</text>'
-        )
+    out = [
+        _svg_open(height, "image sizes against their budgets"),
+        _grid(left, span, height - axis_h, scale_max),
+    ]
     for i, img in enumerate(shown):
         y = i * ROW_H + 6
         size = img.size or 0
@@ -397,6 +420,203 @@ def _size_chart(images: Sequence[ImageSummary], ids: _Ids) -> str:
     more = len(sized) - len(shown)
     note = f'<p class="sub">…and {more} smaller images.</p>' if more > 0 else ""
     return "".join(out) + note
+
+
+def _grid(left: float, span: float, bottom: float, scale_max: float) -> str:
+    """Vertical gridlines at quarters of `scale_max`, with their sizes below `bottom`."""
+    out = []
+    for k in range(5):
+        gx = left + span * k / 4
+        tick = " tick" if k in (1, 3) else ""  # too tight on a phone
+        out.append(
+            f'<line x1="{_pct(gx)}" x2="{_pct(gx)}" y1="0" y2="{bottom}" '
+            'stroke="#eaeef2" stroke-width="1"/>'
+            f'<text x="{_pct(gx)}" y="{bottom + 18}" text-anchor="middle" font-size="11" '
+            f'class="muted{tick}">{escape(human(int(scale_max * k / 4)))}</text>'
+        )
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers (`imagegate check --layers`): where each image's bytes go
+
+
+def _layers_section(images: Sequence[ImageSummary], ids: _Ids) -> str:
+    """One block per analysed image, most wasted bytes first (the worst ones open)."""
+    shown = images[:MAX_LAYER_IMAGES]
+    blocks = [
+        _layer_block(img, img.layers, ids, k < OPEN_LAYER_IMAGES)
+        for k, img in enumerate(shown)
+        if img.layers
+    ]
+    more = len(images) - len(shown)
+    note = f'<p class="sub">…and {more} more analysed images (see JSON).</p>' if more > 0 else ""
+    legend = (
+        '<ul class="legend">'
+        f'<li><i style="background:{LAYER_COLORS["bytes"]}"></i>bytes of the layer</li>'
+        f'<li><i style="background:{LAYER_COLORS["wasted"]}"></i>wasted: stored again in '
+        "another layer, or deleted later</li>"
+        f'<li><i style="background:repeating-linear-gradient(45deg,{LAYER_COLORS["wasted"]} 0 '
+        f'2px,#fff 2px 4px);outline:1px solid {LAYER_COLORS["wasted"]}"></i>deleted by this '
+        "layer, still shipped below</li></ul>"
+    )
+    return _section(
+        "layers",
+        "Where the bytes go: layers",
+        "Dive's efficiency per image: each layer's bytes, the wasted part highlighted, and the "
+        "files stored more than once. Fix: delete in the same RUN, build multi-stage, or squash.",
+        legend + "".join(blocks) + note,
+    )
+
+
+def _layer_block(img: ImageSummary, layers: LayerReport, ids: _Ids, is_open: bool) -> str:
+    failing = any(p.rule == "layer-efficiency" for p in img.problems.values())
+    style = f' style="color:{COLORS["fail"]}"' if failing else ""
+    facts = []
+    if layers.efficiency is not None:
+        facts.append(f"<b{style}>{layers.efficiency * 100:.1f}%</b> efficient")
+    if layers.wasted_bytes is not None:
+        user = layers.user_wasted
+        own = f" ({user * 100:.1f}% of its own layers)" if user is not None else ""
+        facts.append(f"<b{style}>{escape(human(layers.wasted_bytes))}</b> wasted{own}")
+    count = len(layers.layers) + layers.more_layers
+    if count:
+        facts.append(f"{count} layer{'s' if count != 1 else ''}")
+    if layers.cache_files:
+        facts.append(f"{escape(human(layers.cache_bytes))} of cache files")
+    if layers.user:
+        facts.append(f"USER <b>{escape(str(layers.user))}</b> in its /etc/passwd")
+    body = [
+        f'<details class="layers"{" open" if is_open else ""}>'
+        f'<summary><span class="mono">{escape(img.image)}</span>'
+        f'<span class="facts">{" · ".join(facts)}</span></summary>',
+        _layer_chart(layers, ids),
+        _top_wasted(layers),
+        _cache_files(layers),
+        "</details>",
+    ]
+    return "".join(body)
+
+
+def _layer_chart(layers: LayerReport, ids: _Ids) -> str:
+    """A bar per layer, bottom (first built) at the top, as `docker history` reads reversed."""
+    if not layers.layers:
+        return ""
+    scale_max = max(max(b.size, b.wasted) for b in layers.layers) * 1.05 or 1
+    num, left, span = 3.5, 42.0, 38.0
+    axis_h = 22
+    height = LAYER_ROW_H * len(layers.layers) + axis_h + 6
+    hatch = ids.next("hatch")
+    wasted = LAYER_COLORS["wasted"]
+    out = [
+        _svg_open(height, "bytes per layer, wasted bytes highlighted"),
+        f'<defs><pattern id="{hatch}" width="5" height="5" patternUnits="userSpaceOnUse" '
+        f'patternTransform="rotate(45)"><rect width="2.5" height="5" fill="{wasted}"/>'
+        "</pattern></defs>",
+        _grid(left, span, height - axis_h, scale_max),
+    ]
+    for i, bar in enumerate(layers.layers):
+        y = i * LAYER_ROW_H + 6
+        out.append(
+            f'<text x="{_pct(num - 1)}" y="{y + LAYER_BAR_H - 3}" text-anchor="end" '
+            f'font-size="11" class="muted">{i}</text>'
+        )
+        command = _command(bar.created_by)
+        tooltip = f"layer {i} {bar.digest}\n{bar.created_by or '(no history)'}"
+        out.append(
+            _label(command or "(no history)", y + LAYER_BAR_H - 2, left, 50, mono=True,
+                   x_pct=num, tooltip=tooltip)
+        )  # fmt: skip
+        out.append(_layer_bar(bar, i, y, left, span / scale_max, hatch))
+        extra = f"{human(bar.wasted)} wasted" if bar.wasted else ""
+        weight = ' font-weight="600"' if bar.wasted else ""
+        out.append(
+            f'<text x="{_pct(left + span + 1.5)}" y="{y + LAYER_BAR_H - 2}" font-size="12.5">'
+            f"{escape(human(bar.size))}"
+            f'<tspan dx="8" font-size="12"{weight} class="narrow-off" style="fill:{wasted}">'
+            f"{escape(extra)}</tspan>"
+            "</text>"
+        )
+    out.append("</svg>")
+    if layers.more_layers:
+        out.append(f'<p class="sub">…and {layers.more_layers} more layers (see the source).</p>')
+    return "".join(out)
+
+
+def _layer_bar(bar: LayerBar, i: int, y: float, left: float, per_byte: float, hatch: str) -> str:
+    """The layer's bytes, its wasted part at their end, and any wasted excess hatched after."""
+    size_w = bar.size * per_byte
+    own = min(bar.wasted, bar.size)
+    out = [
+        f'<rect x="{_pct(left)}" y="{y}" width="{_pct(max(size_w, 0.15))}" '
+        f'height="{LAYER_BAR_H}" rx="2" fill="{LAYER_COLORS["bytes"]}"><title>layer {i}: '
+        f"{escape(human(bar.size))} ({bar.size:,} bytes)</title></rect>"
+    ]
+    if own:
+        w = own * per_byte
+        out.append(
+            f'<rect x="{_pct(left + size_w - w)}" y="{y}" width="{_pct(max(w, 0.15))}" '
+            f'height="{LAYER_BAR_H}" rx="2" fill="{LAYER_COLORS["wasted"]}"><title>layer {i}: '
+            f"{escape(human(own))} of its bytes wasted</title></rect>"
+        )
+    if bar.wasted > bar.size:
+        excess = bar.wasted - bar.size
+        out.append(
+            f'<rect x="{_pct(left + size_w)}" y="{y + 0.5}" width="{_pct(excess * per_byte)}" '
+            f'height="{LAYER_BAR_H - 1}" rx="2" fill="url(#{hatch})" '
+            f'stroke="{LAYER_COLORS["wasted"]}" stroke-width="1"><title>layer {i}: deletes or '
+            f"overwrites {escape(human(excess))} still shipped in the layers below</title></rect>"
+        )
+    return "".join(out)
+
+
+def _command(created_by: str) -> str:
+    """`docker history`'s text, shorter for a label: one line, without the shell's `#(nop)`
+    prefix and BuildKit's comment (the tooltip keeps it whole)."""
+    text = " ".join(created_by.split())
+    text = text.removeprefix("/bin/sh -c #(nop) ").removesuffix(" # buildkit")
+    if text.startswith("/bin/sh -c "):
+        text = "RUN " + text.removeprefix("/bin/sh -c ")
+    return text.replace("RUN /bin/sh -c ", "RUN ", 1)
+
+
+def _top_wasted(layers: LayerReport) -> str:
+    if not layers.top_wasted:
+        return ""
+    where = any(w.added_in is not None for w in layers.top_wasted)
+    head = '<th>Path</th><th class="num">Wasted</th><th class="num">Bytes</th>'
+    head += "<th>Layers</th>" if where else ""
+    rows = []
+    for w in layers.top_wasted:
+        cells = (
+            f'<td class="any mono">{escape(w.path)}</td>'
+            f'<td class="num">{escape(human(w.bytes))}</td><td class="num">{w.bytes:,}</td>'
+        )
+        if where:
+            changed = ", ".join(map(str, w.changed_in))
+            added = f"added in {w.added_in}" if w.added_in is not None else ""
+            again = f"again in {changed}" if changed else ""
+            cells += f'<td class="small">{", ".join(x for x in (added, again) if x)}</td>'
+        rows.append(f"<tr>{cells}</tr>")
+    return (
+        "<h4>Most wasted files</h4>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _cache_files(layers: LayerReport) -> str:
+    if not layers.cache_files:
+        return ""
+    rows = "".join(
+        f'<tr><td class="nw">{escape(c.kind)}</td><td class="any mono">{escape(c.path)}</td>'
+        f'<td class="num">{escape(human(c.bytes))}</td><td class="num">{c.bytes:,}</td></tr>'
+        for c in layers.cache_files
+    )
+    return (
+        "<h4>Cache files left in the image</h4>"
+        '<table><thead><tr><th>Kind</th><th>Path</th><th class="num">Size</th>'
+        f'<th class="num">Bytes</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
 
 
 def _offenders(offenders: Sequence[ImageSummary]) -> str:

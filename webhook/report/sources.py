@@ -9,11 +9,16 @@ Sources:
   the same way).
 
 A row is one PolicyReport result: (workload container, policy, rule) → pass/fail/….
+A row also carries what the layers say about its image (`LayerReport`), when they were read.
+
+Every source may be hostile (a PolicyReport is whatever the cluster holds): values of the wrong
+type, negative or absurd numbers, bad JSON and huge lists are ignored or clipped, never fatal.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,7 +45,101 @@ _EVALUATED_BY_FACT: Final = {
     "sizeBudget": "size-budget",
     "argv": "single-entrypoint",
     "pinned": "immutable-reference",
+    "layerAnalysis": "layer-efficiency",  # the rule runs wherever the layers are read
 }
+
+# How much layer data one image keeps: enough for every real image, bounded for a hostile one.
+MAX_LAYERS: Final = 128  # an image has at most 127 layers in practice
+MAX_TOP_WASTED: Final = 10
+MAX_CACHE_FILES: Final = 20
+MAX_TEXT: Final = 4096  # a command or path longer than this is clipped
+_MAX_JSON_PROPERTY: Final = 1 << 20  # a JSON-encoded property longer than this is not parsed
+_MAX_NUMBER: Final = (1 << 63) - 1  # bytes, ids: beyond this a value is nonsense
+# The PolicyReport properties that carry the layer analysis (report.policyreport._properties).
+LAYER_PROPERTIES: Final = (
+    "layerEfficiency",
+    "wastedBytes",
+    "userWastedPercent",
+    "layers",
+    "topWasted",
+    "cacheFiles",
+    "resolvedUser",
+)
+
+
+@dataclass(frozen=True)
+class LayerBar:
+    """One layer, bottom first: what made it, its bytes, and the wasted bytes Dive puts on it
+    (which may exceed its size: a whiteout counts the bytes it deletes from the layers below)."""
+
+    digest: str
+    created_by: str
+    size: int
+    wasted: int
+
+
+@dataclass(frozen=True)
+class WastedFile:
+    """A path stored more than once (`bytes`: every copy, as Dive counts), and the positions of
+    the layer that added it and of those that changed or removed it, when the source says
+    (check output does, PolicyReport properties do not)."""
+
+    path: str
+    bytes: int
+    added_in: int | None = None
+    changed_in: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CacheFile:
+    kind: str  # apt, pip, npm, tmp…
+    path: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    """A named USER as the image's own /etc/passwd resolves it."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.uid}:{self.gid})"
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the layers of one image say (`imagegate check --layers`), as far as it is valid:
+    Dive's efficiency (0..1), wasted bytes, user-wasted ratio, the layers (at most `MAX_LAYERS`;
+    `more_layers` counts the rest), the most wasted paths and the cache files left behind."""
+
+    efficiency: float | None = None
+    wasted_bytes: int | None = None
+    user_wasted: float | None = None
+    layers: tuple[LayerBar, ...] = ()
+    more_layers: int = 0
+    top_wasted: tuple[WastedFile, ...] = ()
+    cache_files: tuple[CacheFile, ...] = ()
+    user: ResolvedUser | None = None
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.bytes for c in self.cache_files)
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-image summary (the full data is in the source)."""
+        user = self.user
+        return {
+            "efficiency": self.efficiency,
+            "wastedBytes": self.wasted_bytes,
+            "userWastedPercent": self.user_wasted,
+            "layerCount": len(self.layers) + self.more_layers,
+            "cacheBytes": self.cache_bytes,
+            "topWasted": [{"path": w.path, "bytes": w.bytes} for w in self.top_wasted[:3]],
+            "resolvedUser": {"name": user.name, "uid": user.uid, "gid": user.gid} if user else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -64,6 +163,7 @@ class ReportRow:
     budget: int | None = None
     base: str = ""
     base_evidence: str = ""
+    layers: LayerReport | None = None  # the same for every row of an image
 
     @property
     def workload_label(self) -> str:
@@ -126,9 +226,16 @@ class Report:
 def rows_from_policy_reports(objs: Iterable[Mapping[str, Any]]) -> list[ReportRow]:
     """Every imagegate result of these PolicyReports / ClusterPolicyReports as rows."""
     rows = []
+    parsed: dict[tuple[str | None, ...], LayerReport | None] = {}  # results share an image's
     for namespace, result in report_results(objs):
-        res = (result.get("resources") or [{}])[0]
-        props = {str(k): str(v) for k, v in (result.get("properties") or {}).items()}
+        resources = result.get("resources")
+        first = resources[0] if isinstance(resources, list) and resources else None
+        res: Mapping[str, Any] = first if isinstance(first, Mapping) else {}
+        found = result.get("properties")
+        props = {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
+        key = tuple(props.get(k) for k in LAYER_PROPERTIES)
+        if key not in parsed:
+            parsed[key] = layers_from_properties(props)
         outcome = str(result.get("result", ""))
         rows.append(
             ReportRow(
@@ -149,6 +256,7 @@ def rows_from_policy_reports(objs: Iterable[Mapping[str, Any]]) -> list[ReportRo
                 budget=_int(props.get("sizeBudget")),
                 base=props.get("baseName", ""),
                 base_evidence=_evidence(props),
+                layers=parsed[key],
             )
         )
     return rows
@@ -200,6 +308,7 @@ def _check_rows(r: Mapping[str, Any], where: str) -> list[ReportRow]:
         "budget": _int(facts.get("sizeBudget")),
         "base": str(base.get("name") or ""),
         "base_evidence": str(base.get("evidence") or ""),
+        "layers": layers_from_facts(facts),
     }
     policies = [str(p) for p in r.get("policies") or []] or [""]
     verdict = r.get("verdict")
@@ -245,13 +354,156 @@ def _check_rows(r: Mapping[str, Any], where: str) -> list[ReportRow]:
                     ReportRow(
                         rule=rule,
                         result="pass",
-                        severity=str(DEFAULT_SEVERITIES[rule]),
-                        message=f"{rule}: {PASS_MESSAGES[rule]}",
+                        # not every rule is in the table (`allowed-registry`, `layer-efficiency`
+                        # apply only sometimes); medium is the default of every rule's model
+                        severity=str(DEFAULT_SEVERITIES.get(rule, "medium")),
+                        message=f"{rule}: {PASS_MESSAGES.get(rule, 'the rule passes')}",
                         policy=policy,
                         **common,
                     )
                 )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer analysis (`facts.layerAnalysis` of check output, or PolicyReport properties)
+
+
+def layers_from_facts(facts: Mapping[str, Any]) -> LayerReport | None:
+    """The layer analysis of a check result's facts; None when the layers were not read."""
+    analysis = facts.get("layerAnalysis")
+    if not isinstance(analysis, Mapping):
+        return None
+    return _layer_report(
+        analysis.get("efficiency"),
+        analysis.get("wastedBytes"),
+        analysis.get("userWastedPercent"),
+        analysis.get("layers"),
+        analysis.get("topWasted"),
+        analysis.get("cacheFiles"),
+        _resolved_user(facts.get("resolvedUser")),
+    )
+
+
+def layers_from_properties(props: Mapping[str, str]) -> LayerReport | None:
+    """The layer analysis of a PolicyReport result's properties (numbers as strings, lists as
+    JSON strings); None when the layers were not read."""
+    if not any(k in props for k in LAYER_PROPERTIES):
+        return None
+    return _layer_report(
+        _float_text(props.get("layerEfficiency")),
+        props.get("wastedBytes"),
+        _float_text(props.get("userWastedPercent")),
+        _json_property(props.get("layers")),
+        _json_property(props.get("topWasted")),
+        _json_property(props.get("cacheFiles")),
+        _user_text(props.get("resolvedUser")),
+    )
+
+
+def _layer_report(
+    efficiency: Any,
+    wasted: Any,
+    user_wasted: Any,
+    layers: Any,
+    top_wasted: Any,
+    cache_files: Any,
+    user: ResolvedUser | None,
+) -> LayerReport | None:
+    bars = [
+        LayerBar(
+            digest=_text(item.get("digest"), 200),
+            created_by=_text(item.get("createdBy"), MAX_TEXT),
+            size=size,
+            wasted=_int(item.get("wastedBytes")) or 0,
+        )
+        for item in _objects(layers, MAX_LAYERS)
+        if (size := _int(item.get("size"))) is not None
+    ]
+    top = [
+        WastedFile(path, size, _int(item.get("addedIn")), _positions(item.get("changedIn")))
+        for item in _objects(top_wasted, MAX_TOP_WASTED)
+        if (path := _text(item.get("path"), MAX_TEXT)) and (size := _int(item.get("bytes")))
+    ]
+    caches = [
+        CacheFile(_text(item.get("kind"), 40) or "cache", path, size)
+        for item in _objects(cache_files, MAX_CACHE_FILES)
+        if (path := _text(item.get("path"), MAX_TEXT))
+        and (size := _int(item.get("bytes"))) is not None
+    ]
+    report = LayerReport(
+        efficiency=_ratio(efficiency, upper=1.0),
+        wasted_bytes=_int(wasted),
+        user_wasted=_ratio(user_wasted, upper=None),
+        layers=tuple(bars),
+        more_layers=max(0, len(layers) - MAX_LAYERS) if isinstance(layers, list) else 0,
+        top_wasted=tuple(sorted(top, key=lambda w: (-w.bytes, w.path))),
+        cache_files=tuple(sorted(caches, key=lambda c: (-c.bytes, c.kind, c.path))),
+        user=user,
+    )
+    return None if report == LayerReport() else report
+
+
+def _objects(value: Any, limit: int) -> list[Mapping[str, Any]]:
+    """The first `limit` items of a list that are objects (anything else: none)."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value[:limit] if isinstance(item, Mapping)]
+
+
+def _positions(value: Any) -> tuple[int, ...]:
+    """Layer positions (a few: the rest would not be read)."""
+    items = value[:MAX_LAYERS] if isinstance(value, list) else []
+    return tuple(n for item in items if (n := _int(item)) is not None and n < MAX_LAYERS)[:8]
+
+
+def _text(value: Any, limit: int) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+def _ratio(value: Any, upper: float | None) -> float | None:
+    """A finite number in 0..upper (no bound when None), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value) if abs(value) <= _MAX_NUMBER else math.inf
+    if not math.isfinite(number) or number < 0 or (upper is not None and number > upper):
+        return None
+    return number
+
+
+def _float_text(value: str | None) -> float | None:
+    """A decimal number written as a property ("0.8731"); None for anything else."""
+    if value is None or len(value) > 40 or not value.isascii():
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _json_property(value: str | None) -> Any:
+    """A JSON-encoded property, or None when absent, too long, not JSON or nested too deep."""
+    if value is None or len(value) > _MAX_JSON_PROPERTY:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _resolved_user(value: Any) -> ResolvedUser | None:
+    """`{"name", "uid", "gid"}` of check output."""
+    if not isinstance(value, Mapping):
+        return None
+    name, uid, gid = _text(value.get("name"), 64), _int(value.get("uid")), _int(value.get("gid"))
+    return ResolvedUser(name, uid, gid) if name and uid is not None and gid is not None else None
+
+
+def _user_text(value: str | None) -> ResolvedUser | None:
+    """`nobody=65534:65534` of a PolicyReport property."""
+    name, _, ids = (value or "").rpartition("=")
+    uid, _, gid = ids.partition(":")
+    return _resolved_user({"name": name, "uid": uid, "gid": gid})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +521,8 @@ def load_document(path: Path) -> Any:
         raise UsageError(f"{path}: the file is empty")
     try:
         return json.loads(text)
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply to be a report source") from None
     except json.JSONDecodeError as err:
         raise UsageError(
             f"{path}: not JSON (line {err.lineno}, column {err.colno}: {err.msg}); expected "
@@ -312,12 +566,14 @@ def report_from_file(path: Path, now: datetime) -> Report:
 
 
 def _int(value: Any) -> int | None:
+    """A count of bytes (or an id): an int, or decimal digits as a property writes it; None for
+    anything else, negative or beyond 2**63 (no float arithmetic can overflow on it then)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_NUMBER:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
     return None
 
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 from webhook.policy.model import RULE_IDS
 from webhook.policy.rules.size_budget import human
 from webhook.report.policyreport import RESULTS
-from webhook.report.sources import Report, ReportRow
+from webhook.report.sources import LayerReport, Report, ReportRow
 
 PROBLEMS: Final = ("fail", "warn", "error")
 SEVERITY_WEIGHT: Final = {"critical": 8, "high": 4, "medium": 2, "low": 1, "info": 0}
@@ -55,6 +55,7 @@ class ImageSummary:
     counts: Counts = field(default_factory=new_counts)
     workloads: set[str] = field(default_factory=set)
     problems: dict[tuple[str, str], Problem] = field(default_factory=dict)
+    layers: LayerReport | None = None  # when its layers were read
 
     @property
     def failed_rules(self) -> list[str]:
@@ -75,7 +76,8 @@ class ImageSummary:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        layers = {"layerAnalysis": self.layers.to_json()} if self.layers else {}
+        return layers | {
             "image": self.image,
             "digest": self.digest,
             "size": self.size,
@@ -107,6 +109,7 @@ class Summary:
     problems: list[ReportRow]
     workloads: int
     namespaces: int
+    layered: list[ImageSummary] = field(default_factory=list)  # analysed, most wasted first
 
     @property
     def failing_workloads(self) -> int:
@@ -128,6 +131,7 @@ def summarize(report: Report) -> Summary:
         img.counts[row.result] += 1
         img.size = row.size if row.size is not None else img.size
         img.budget = row.budget if row.budget is not None else img.budget
+        img.layers = img.layers or row.layers
         if row.workload:
             img.workloads.add(f"{row.namespace}/{row.kind}/{row.workload}")
         if row.result in PROBLEMS:
@@ -148,7 +152,13 @@ def summarize(report: Report) -> Summary:
         problems=[r for r in report.rows if r.result in PROBLEMS],
         workloads=len({(r.namespace, r.kind, r.workload) for r in report.rows if r.workload}),
         namespaces=len({r.namespace for r in report.rows if r.namespace}),
+        layered=sorted((i for i in all_images if i.layers), key=_most_wasted_first),
     )
+
+
+def _most_wasted_first(img: ImageSummary) -> tuple[int, str, str]:
+    wasted = img.layers.wasted_bytes if img.layers else None
+    return (-(wasted or 0), img.image, img.digest)
 
 
 def _rule_order(rule: str) -> tuple[int, str]:
