@@ -279,17 +279,10 @@ def test_a_corrupt_layer_is_an_inspection_error_naming_the_layer(blob: bytes) ->
         index_layer(io.BytesIO(blob), digest=digest, media_type=GZIP_LAYER, max_bytes=1 << 20)
 
 
-def test_a_zstd_layer_is_read_with_zstandard_or_refused_saying_what_to_install() -> None:
+def test_a_zstd_layer_is_read() -> None:
+    import zstandard
+
     tar = tar_bytes([f("hello", b"hi")])
-    try:
-        import zstandard  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        blob = b"\x28\xb5\x2f\xfd" + b"\x00" * 32
-        with pytest.raises(UnsupportedMediaType, match="zstandard"):
-            index_layer(
-                io.BytesIO(blob), digest=sha256(blob), media_type=ZSTD_LAYER, max_bytes=1 << 20
-            )
-        return
     blob = zstandard.ZstdCompressor().compress(tar)
     index = index_layer(
         io.BytesIO(blob), digest=sha256(blob), media_type=ZSTD_LAYER, max_bytes=1 << 20

@@ -37,7 +37,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, cast
 
 from cachetools import LRUCache
 
@@ -396,14 +396,10 @@ def _decompressor(raw: _HashingReader, digest: str) -> Any:
     if magic[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if magic == ZSTD_MAGIC:
-        try:
-            import zstandard  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            raise UnsupportedMediaType(
-                f"layer {digest} is zstd-compressed and the `zstandard` package is not "
-                "installed: install it, or push the image with gzip layers"
-            ) from None
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        import zstandard  # a dependency; imported here, as only zstd layers need it
+
+        reader = cast(IO[bytes], raw)  # it reads like a file, which is all zstandard needs
+        return zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
     return raw
 
 
