@@ -83,6 +83,8 @@ bench: engine venv tools
 	$(VENV)/bin/python bench/bench_scan.py
 	$(VENV)/bin/python bench/bench_memory.py
 	$(VENV)/bin/python bench/bench_isolation.py
+	$(VENV)/bin/python bench/bench_deep.py
+	$(VENV)/bin/python bench/bench_layers.py
 
 # Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
 -include hack/make/*.mk
