@@ -124,12 +124,15 @@ class LayerInspector:
         """
         if facts.source != "registry":
             return None  # a local image: `imagegate check` reads the registry copy only
-        key = hashed_key(facts.digest, str(base_layers), *readable_under)
+        # `digest` is what a Pod pins (an index's, for a multi-arch image); the layers are
+        # those of this platform's own manifest
+        manifest_digest = facts.manifest_digest or facts.digest
+        key = hashed_key(manifest_digest, str(base_layers), *readable_under)
         known = self._findings.get(key)
         if known is not None:
             return known
         ref = Reference.parse(image)
-        manifest = await self._client.get_manifest(ref.with_digest(facts.digest), keyring)
+        manifest = await self._client.get_manifest(ref.with_digest(manifest_digest), keyring)
         config = await self._client.get_config(ref, facts.config_digest, keyring)
         described = _layers(manifest.data, facts)
         if not download:
@@ -166,7 +169,8 @@ class LayerInspector:
         base_layers: int,
         readable_under: tuple[str, ...],
     ) -> None:
-        if not self._warm or facts.digest in self._warming or len(self._warming) >= WARM_QUEUE:
+        key = facts.manifest_digest or facts.digest
+        if not self._warm or key in self._warming or len(self._warming) >= WARM_QUEUE:
             return
 
         async def read() -> None:
@@ -178,9 +182,9 @@ class LayerInspector:
             except ImagegateError as err:  # the next check meets it again, and says so
                 log.info("background layer read failed", extra={"image": image, "error": str(err)})
             finally:
-                self._warming.pop(facts.digest, None)
+                self._warming.pop(key, None)
 
-        self._warming[facts.digest] = asyncio.create_task(read(), name=f"layers {facts.digest}")
+        self._warming[key] = asyncio.create_task(read(), name=f"layers {key}")
 
     async def _index(
         self,
@@ -210,7 +214,7 @@ def _layers(data: Any, facts: ImageFacts) -> list[tuple[str, str, int]]:
             out.append((digest, str(media_type or ""), size))
     if len(out) != len(facts.diff_ids):
         raise InvalidImageData(
-            f"manifest {facts.digest} lists {len(out)} readable layers for "
+            f"manifest {facts.manifest_digest or facts.digest} lists {len(out)} readable layers for "
             f"{len(facts.diff_ids)} diff_ids",
             reference=facts.reference,
         )

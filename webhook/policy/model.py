@@ -291,8 +291,9 @@ class ImmutableReferenceRule(_Rule):
 
 
 class DeepInspection(StrEnum):
-    """When the layers are read (`webhook.layers`): they say what the config cannot (wasted
-    bytes, cache files, who a named USER is), but a cold image costs a download."""
+    """When admission reads the layers (`webhook.layers`): they say what the config cannot
+    (wasted bytes, cache files, who a named USER is), but a cold image costs a download, so
+    it is off by default; the operator's scan and `check --layers` always read them."""
 
     cached_only = "cachedOnly"  # only layers already indexed (the first admission stays fast)
     always = "always"
@@ -415,11 +416,12 @@ class PolicySpec(_Model):
         ),
     )
     deep_inspection: DeepInspection = Field(
-        default=DeepInspection.cached_only,
+        default=DeepInspection.never,
         description=(
-            "When the layers are read: cachedOnly (only layers already indexed: the first "
-            "admission of an image stays fast), always, or never. `imagegate check --layers` "
-            "and the operator's scan always read them."
+            "When admission reads the layers: never (default), cachedOnly (only layers already "
+            "indexed, so an admission never waits for a download; the webhook indexes the "
+            "layers of the images it checks in the background), or always. `imagegate check "
+            "--layers` and the operator's scan read them whatever this says."
         ),
     )
     rules: Rules = Field(default_factory=Rules)
