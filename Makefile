@@ -85,6 +85,7 @@ bench: engine venv tools
 	$(VENV)/bin/python bench/bench_isolation.py
 	$(VENV)/bin/python bench/bench_deep.py
 	$(VENV)/bin/python bench/bench_layers.py
+	$(VENV)/bin/python bench/bench_rebuild_files.py
 
 # Targets of other areas (kind, local control plane, ...) live in hack/make/*.mk.
 -include hack/make/*.mk

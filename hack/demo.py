@@ -347,7 +347,7 @@ def _workloads(env: dict[str, str], refs: dict[str, str], running: bool = False)
     for _ in range(120):
         status = json.loads(kubectl(env, "get", "imagerebuild", "cart-nonroot", "-n", "shop",
                                     "-o", "json")).get("status") or {}  # fmt: skip
-        if status.get("phase") in ("Succeeded", "Failed", "Unfixable"):
+        if status.get("phase") in ("Succeeded", "PartiallyFixed", "Failed", "Unfixable"):
             break
         time.sleep(1)
     show(["kubectl", "get", "imagerebuilds", "-n", "shop"], env=env)

@@ -245,7 +245,21 @@ def rebuild(
         bool | None, typer.Option("--squash/--no-squash", help="Squash layers above the base.")
     ] = None,
     rebase_onto: Annotated[str | None, typer.Option(help="Approved base to rebase onto.")] = None,
-    platform: Annotated[str | None, typer.Option(help="Only this platform of an index.")] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Rebuild only this os/arch or os/arch/variant of an index (repeatable or comma "
+            "list); the replacement is an index of just those."
+        ),
+    ] = None,
+    fix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fix",
+            help="Apply only this fix (repeatable or comma list): nonRootUser, "
+            "singleEntrypoint, sizeBudget, allowedBase (default: what the policy needs).",
+        ),
+    ] = None,
     allow_base: Annotated[
         list[str] | None, typer.Option("--allow-base", help="Approve this base image (repeatable).")
     ] = None,
@@ -254,23 +268,30 @@ def rebuild(
 ) -> None:
     """Rebuild an image into a compliant, immutable replacement; print its reference.
 
-    Exit 0: the replacement passes; 1: it still fails (or the image cannot be fixed);
-    2: usage, registry or rebuild error.
+    Every fix that can be made is made and pushed; what still fails is reported with why.
+
+    Exit 0: it passes; 1: partially fixed, or nothing could be fixed; 2: usage or other error.
     """
     from webhook.rebuild.engine import rebuild as run_rebuild
+    from webhook.rebuild.fixes import normalize_fixes
 
     with _exit_on_error():
         settings = _settings(insecure_registry)
+        # The checks before and after a rebuild read every layer (the rebuild reads them
+        # anyway): what they find must not depend on what an earlier run left in the cache.
+        deep = "always" if settings.layers.deep == "policy" else settings.layers.deep
+        settings.layers = settings.layers.model_copy(update={"warm": False, "deep": deep})
         policies = load_policies(policy) if policy else [ImagePolicy()]
         policies = [p.with_overrides(allow_base, None) for p in policies]
-        chosen = Platform.parse(platform) if platform else None
+        platforms = [Platform.parse(p) for p in _comma_list(platform)] or None
+        fixes = normalize_fixes(_comma_list(fix)) if fix else None
 
         async def go() -> RebuildResult:
             async with aclosing(ProcessContext.from_settings(settings, result_ttl=0)) as context:
                 with tempfile.TemporaryDirectory(prefix="imagegate-rebuild-") as work:
                     return await run_rebuild(
-                        context.registry, context.checker, ref, to, policies, user=user,
-                        squash=squash, rebase_onto=rebase_onto, platform=chosen,
+                        context.registry, context.checker, ref, to, policies, fixes=fixes,
+                        user=user, squash=squash, rebase_onto=rebase_onto, platforms=platforms,
                         workdir=Path(work),
                     )  # fmt: skip
 
@@ -279,13 +300,32 @@ def rebuild(
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(result.replacement)
+        _print_rebuild(result)
+    raise typer.Exit(0 if result.succeeded else 1)
+
+
+def _comma_list(values: list[str] | None) -> list[str]:
+    """Repeated options, each possibly a comma list, as one list (`a,b --x c` → a, b, c)."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+def _print_rebuild(result: RebuildResult) -> None:
+    """The rebuild's summary on stderr (stdout holds only the replacement reference)."""
+    phase = result.phase.value
+    stderr.print(
+        f"{phase}: fixes {', '.join(result.fixes) or 'none'}; tag {result.replacement_tag}; "
+        f"{result.bytes_saved:,} bytes saved",
+        highlight=False,
+    )
+    if result.dropped_platforms:
+        stderr.print(f"  dropped platforms: {', '.join(result.dropped_platforms)}", highlight=False)
+    for still in result.still_failing:
         stderr.print(
-            f"{result.outcome}: fixes {', '.join(result.fixes) or 'none'}; tag "
-            f"{result.replacement_tag}; {result.bytes_saved:,} bytes saved"
-            + (f"; {result.reason}" if result.reason else ""),
+            f"  still fails {still.rule}: {still.message}\n    why: {still.reason}",
             highlight=False,
         )
-    raise typer.Exit(0 if result.succeeded else 1)
+    if result.reason and not result.still_failing:
+        stderr.print(f"  {result.reason}", highlight=False)
 
 
 @app.command()

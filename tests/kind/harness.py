@@ -200,11 +200,16 @@ class Kind:
         )
 
     def wait_rebuilt(self, namespace: str, name: str, timeout: float = 180) -> dict[str, Any]:
-        """Wait until the ImageRebuild finished (Succeeded, Failed, Unfixable); its status."""
+        """Wait until the ImageRebuild finished (Succeeded, PartiallyFixed, Failed, Unfixable);
+        its status."""
 
         def finished() -> dict[str, Any] | None:
             status = self.get("imagerebuild", name, namespace).get("status") or {}
-            return status if status.get("phase") in ("Succeeded", "Failed", "Unfixable") else None
+            return (
+                status
+                if status.get("phase") in ("Succeeded", "PartiallyFixed", "Failed", "Unfixable")
+                else None
+            )
 
         def diagnosis() -> str:
             got = self.kubectl("get", "imagerebuild", name, "-n", namespace, "-o", "yaml",

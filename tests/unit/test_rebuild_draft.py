@@ -21,6 +21,7 @@ from webhook.policy.rules.allowed_base import BASE_DIGEST, BASE_NAME
 from webhook.rebuild import fixes as fx
 from webhook.rebuild.draft import BaseImage, ImageDraft, Rendered
 from webhook.rebuild.layers import SquashResult, WrittenLayer
+from webhook.rebuild.push import BlobSource
 from webhook.registry.reference import Reference
 
 REPO = Reference.parse("localhost:5001/app")
@@ -116,8 +117,12 @@ def history_of(rendered: Rendered) -> list[str]:
     return [str(h["created_by"]) for h in read(rendered)[1]["history"]]
 
 
-def note(text: str) -> str:
-    return f"imagegate rebuild: {text}"
+def note(fix: str, **details: Any) -> str:
+    """The history text of a fix: `imagegate: ` and JSON, never a Python repr."""
+    return "imagegate: " + json.dumps({"fix": fix, **details})
+
+
+USER_1000 = note("nonRootUser", user="1000")
 
 
 # ---- reading an image into a draft ----------------------------------------------------------
@@ -176,7 +181,7 @@ def test_an_untouched_draft_renders_the_source_history_and_layers(
     ]
     assert draft.size == 100 + 101
     assert [layer.source for layer in draft.layers] == [
-        fx.BlobSource(x["digest"], repository=REPO) for x in manifest["layers"]
+        BlobSource(x["digest"], repository=REPO) for x in manifest["layers"]
     ]
 
 
@@ -201,56 +206,60 @@ def test_layers_and_diff_ids_that_disagree_are_refused() -> None:
 # ---- config changes go on top ---------------------------------------------------------------
 
 NOTES_ON_TOP = {
-    # name: (layers, history, per-layer history afterwards, extra history afterwards)
-    "on the top layer": (
-        ["b", "a"],
-        ["ADD b", "RUN a", "~CMD a"],
-        [["ADD b"], ["RUN a", "CMD a", note("USER 1000")]],
-        [],
-    ),
-    "after the last entry there is": (
-        ["b", "a"],
-        ["ADD b", "~ENV b"],
-        [["ADD b", "ENV b", note("USER 1000")], []],
-        [],
-    ),
-    "no history: on the first layer": (["b", "a"], None, [[note("USER 1000")], []], []),
-    "after the entries beyond the layers": (
-        ["b"],
-        ["ADD b", "RUN ghost"],
-        [["ADD b"]],
-        ["RUN ghost", note("USER 1000")],
-    ),
-    "no layers at all": ([], ["~ENV x"], [], ["ENV x", note("USER 1000")]),
+    # name: (layers, history, rendered history afterwards)
+    "after the top layer": (["b", "a"], ["ADD b", "RUN a", "~CMD a"], ["ADD b", "RUN a", "CMD a"]),
+    "after the last entry there is": (["b", "a"], ["ADD b", "~ENV b"], ["ADD b", "ENV b"]),
+    "no history": (["b", "a"], None, []),
+    "after the entries beyond the layers": (["b"], ["ADD b", "RUN ghost"], ["ADD b", "RUN ghost"]),
+    "no layers at all": ([], ["~ENV x"], ["ENV x"]),
 }
 
 
 @pytest.mark.parametrize(
-    ("layers", "history", "per_layer", "extra"),
-    NOTES_ON_TOP.values(),
-    ids=list(NOTES_ON_TOP),
+    ("layers", "history", "rendered"), NOTES_ON_TOP.values(), ids=list(NOTES_ON_TOP)
 )
 def test_a_config_change_is_noted_on_top(
-    layers: list[str], history: list[str] | None, per_layer: list[list[str]], extra: list[str]
+    layers: list[str], history: list[str] | None, rendered: list[str]
 ) -> None:
     draft = draft_of(layers, history)
+    source = (groups(draft), list(draft.extra_history))
     fx.set_user(draft, "1000")
 
-    assert [g[2] for g in groups(draft)] == per_layer
-    assert [h["created_by"] for h in draft.extra_history] == extra
-    noted = [h for g in draft.layers for h in g.history] + draft.extra_history
-    assert noted[-1] == {
-        "created": CREATED,
-        "created_by": note("USER 1000"),
-        "comment": noted[-1]["comment"],
-        "empty_layer": True,
-    }
+    assert (groups(draft), draft.extra_history) == source  # the layers' history is the source's
+    assert history_of(draft.render({})) == [*rendered, USER_1000]
+    assert draft.notes == [
+        {
+            "created": CREATED,
+            "created_by": USER_1000,
+            "comment": draft.notes[-1]["comment"],
+            "empty_layer": True,
+        }
+    ]
 
 
 def test_notes_carry_the_source_time_or_the_epoch() -> None:
     draft = draft_of(["b"], ["ADD b"], created=None)
     fx.set_user(draft, "1000")
-    assert draft.layers[0].history[-1]["created"] == "1970-01-01T00:00:00Z"
+    assert draft.notes[-1]["created"] == "1970-01-01T00:00:00Z"
+
+
+def test_notes_are_json_one_per_fix() -> None:
+    """Tools read provenance back: `imagegate: ` then a JSON object, `null` where Python would
+    print None (`CMD None` was a repr)."""
+    base = BaseImage("localhost:5001/base:1", None, "diff_ids", 1)
+    draft = draft_of(["b", "a"], ["ADD b", "RUN a"], base)
+    fx.set_user(draft, "65532:65532")
+    fx.exec_form_entrypoint(draft, facts(entrypoint=["sh", "-c", "exec /app"], cmd=["x"]))
+    fx.record_base(draft)
+
+    texts = history_of(draft.render({}))[2:]
+    assert [json.loads(t.removeprefix("imagegate: ")) for t in texts] == [
+        {"fix": "nonRootUser", "user": "65532:65532"},
+        {"fix": "singleEntrypoint", "entrypoint": ["/app"], "cmd": None},
+        {"fix": "allowedBase", "base": "localhost:5001/base:1", "evidence": "diff_ids"},
+    ]
+    assert texts[0] == 'imagegate: {"fix": "nonRootUser", "user": "65532:65532"}'
+    assert all(t.startswith("imagegate: {") for t in texts)
 
 
 # ---- the config fixes -----------------------------------------------------------------------
@@ -266,7 +275,7 @@ def test_set_user() -> None:
         ("blob:b", "diff:b", "ADD b"),
         ("blob:a", "diff:a", "RUN a"),
     ]
-    assert history_of(draft.render({}))[-1] == note("USER 65532:65532")
+    assert history_of(draft.render({}))[-1] == note("nonRootUser", user="65532:65532")
 
 
 def test_set_user_on_a_config_without_a_runtime_config() -> None:
@@ -304,7 +313,7 @@ def test_exec_form_entrypoint(
     assert draft.applied == ([fx.SINGLE_ENTRYPOINT] if applied else [])
     expected = ["ADD b"]
     if applied:
-        expected.append(note(f"ENTRYPOINT {new_entrypoint} CMD {new_cmd}"))
+        expected.append(note("singleEntrypoint", entrypoint=new_entrypoint, cmd=new_cmd))
     assert history_of(draft.render({})) == expected
 
 
@@ -363,7 +372,10 @@ def test_record_base(
         "dev.imagegate.fixes": "allowedBase",
     }
     assert draft.applied == [fx.ALLOWED_BASE]
-    assert history_of(draft.render({}))[-1] == note(f"record base {base.name}")
+    details = {"base": base.name, "evidence": base.evidence}
+    if base.digest:
+        details["digest"] = base.digest
+    assert history_of(draft.render({}))[-1] == note("allowedBase", **details)
 
 
 def test_record_base_without_a_base_is_unfixable() -> None:
@@ -399,6 +411,9 @@ def new_base(layers: list[str], history: list[str] | None) -> ImageDraft:
 
 
 NEW = "sha256:" + "e" * 64
+REBASED = note(
+    "allowedBase", rebasedFrom="localhost:5001/base:1", base="localhost:5001/newbase:2", digest=NEW
+)
 
 REBASES = {
     # name: (source layers, source history, base layers, onto history, per-layer history after)
@@ -411,7 +426,7 @@ REBASES = {
             ["ADD n0", "ENV n0"],
             ["RUN n1"],
             ["RUN a1", "ENV a1"],
-            ["RUN a2", note(f"rebase onto localhost:5001/newbase:2@{NEW}")],
+            ["RUN a2"],
         ],
     ),
     "a two-layer base": (
@@ -419,14 +434,14 @@ REBASES = {
         ["ADD b1", "RUN b2", "~USER b2", "RUN a"],
         2,
         ["ADD n0", "RUN n1"],
-        [["ADD n0"], ["RUN n1"], ["RUN a", note(f"rebase onto localhost:5001/newbase:2@{NEW}")]],
+        [["ADD n0"], ["RUN n1"], ["RUN a"]],
     ),
     "new base without history": (
         ["b", "a"],
         ["ADD b", "RUN a"],
         1,
         None,
-        [[], [], ["RUN a", note(f"rebase onto localhost:5001/newbase:2@{NEW}")]],
+        [[], [], ["RUN a"]],
     ),
     "new base with entries beyond its layers": (
         ["b", "a"],
@@ -436,7 +451,7 @@ REBASES = {
         [
             ["ADD n0"],
             ["RUN n1", "RUN ghost", "ENV ghost"],
-            ["RUN a", note(f"rebase onto localhost:5001/newbase:2@{NEW}")],
+            ["RUN a"],
         ],
     ),
     "the image is all base": (
@@ -444,7 +459,7 @@ REBASES = {
         ["ADD b", "~USER b"],
         1,
         ["ADD n0", "RUN n1"],
-        [["ADD n0"], ["RUN n1", note(f"rebase onto localhost:5001/newbase:2@{NEW}")]],
+        [["ADD n0"], ["RUN n1"]],
     ),
 }
 
@@ -472,6 +487,7 @@ def test_rebase_swaps_the_base_layers_with_their_history(
     ]
     assert draft.base == BaseImage("localhost:5001/newbase:2", NEW, "rebase", 2)
     assert draft.applied == [fx.ALLOWED_BASE]
+    assert [h["created_by"] for h in draft.notes] == [REBASED]
     assert [layer.source.repository for layer in draft.layers] == [BASE_REPO] * 2 + [REPO] * len(
         app
     )
@@ -496,11 +512,22 @@ def test_rebase_keeps_earlier_notes_and_then_records_the_new_base() -> None:
     assert history_of(draft.render({})) == [
         "ADD n0",
         "RUN a",
-        note("USER 1000"),
-        note(f"rebase onto localhost:5001/newbase:2@{NEW}"),
+        USER_1000,
+        REBASED,
     ]  # recorded once: the rebase already noted it
     assert draft.labels()[BASE_NAME] == "localhost:5001/newbase:2"
     assert draft.labels()[BASE_DIGEST] == NEW
+
+
+def test_a_rebase_that_replaces_every_layer_keeps_the_earlier_notes() -> None:
+    """An image that is all base: the notes used to ride on the base's history and went with it."""
+    draft = draft_of(
+        ["b"], ["ADD b", "~USER b"], BaseImage("localhost:5001/base:1", None, "label", 1)
+    )
+    fx.set_user(draft, "1000")
+    fx.rebase(draft, new_base(["n0"], ["ADD n0"]), NEW)
+
+    assert history_of(draft.render({})) == ["ADD n0", USER_1000, REBASED]
 
 
 # ---- squash ---------------------------------------------------------------------------------
@@ -565,7 +592,7 @@ def test_squash_replaces_the_layers_above_the_base(
     fx.squash(draft, result)
 
     kept = layers[: base_layers or 0]
-    entry = note(f"squash of {count} layers, 1 cache paths dropped")
+    entry = note("sizeBudget", squashedLayers=count, droppedPaths=1, droppedBytes=0)
     assert groups(draft) == [
         (f"blob:{n}", f"diff:{n}", [entry if h.startswith("SQUASH") else h for h in hist])
         for n, hist in zip([*kept, "squashed"], per_layer, strict=True)
@@ -579,24 +606,26 @@ def test_squash_replaces_the_layers_above_the_base(
         "digest": result.layer.digest,
         "size": 7,
     }
-    assert top.source == fx.BlobSource(result.layer.digest, file=result.layer.path)
+    assert top.source == BlobSource(result.layer.digest, file=result.layer.path)
     assert "empty_layer" not in top.history[0]
     assert [layer.source.repository for layer in draft.layers[:-1]] == [REPO] * len(kept)
     assert draft.size == sum(100 + i for i in range(len(kept))) + 7
 
 
-def test_squash_after_config_fixes_keeps_the_config_and_drops_their_notes(
-    tmp_path: Path,
-) -> None:
-    draft = draft_of(["b", "a"], ["ADD b", "RUN a"], BaseImage("b", None, "diff_ids", 1))
+def test_squash_after_config_fixes_keeps_the_config_and_their_notes(tmp_path: Path) -> None:
+    """The notes are provenance, not the squashed layers' history: they stay, on top."""
+    draft = draft_of(["b", "a"], ["ADD b", "RUN a", "~CMD a"], BaseImage("b", None, "label", 1))
     fx.set_user(draft, "1000")
+    fx.exec_form_entrypoint(draft, facts(entrypoint=None, cmd=["sh", "-c", "exec /app"]))
     fx.squash(draft, squashed(tmp_path, dropped=0))
 
     assert draft.inner["User"] == "1000"
-    assert draft.applied == [fx.NON_ROOT_USER, fx.SIZE_BUDGET]
+    assert draft.applied == [fx.NON_ROOT_USER, fx.SINGLE_ENTRYPOINT, fx.SIZE_BUDGET]
     assert history_of(draft.render({})) == [
         "ADD b",
-        note("squash of 1 layers, 0 cache paths dropped"),
+        note("sizeBudget", squashedLayers=1, droppedPaths=0, droppedBytes=0),
+        USER_1000,
+        note("singleEntrypoint", entrypoint=None, cmd=["/app"]),
     ]
 
 

@@ -103,3 +103,65 @@ def test_replacement_tag(source: str, expected: str) -> None:
     tag = replacement_tag(Reference.parse(source), digest)
     assert tag == expected
     assert len(tag) <= 128
+
+
+# ---- which fixes a rebuild tries: what the source fails, limited by what was asked ----------
+
+CHOICES = {
+    # name: (failed rules, fixes asked for, squash, rebase onto?, tried, not tried)
+    "what the policy needs": (["non-root-user", "single-entrypoint"], None, None, False,
+                              ["nonRootUser", "dropSetuid", "singleEntrypoint"], []),
+    "allowed-base without a base to rebase onto: the rest is still fixed": (
+        ["non-root-user", "allowed-base"], None, None, False, ["nonRootUser", "dropSetuid"],
+        ["allowedBase"]),
+    "allowed-base with a base to rebase onto": (
+        ["non-root-user", "allowed-base"], None, None, True,
+        ["nonRootUser", "dropSetuid", "allowedBase"], []),
+    "layer waste is squashed away": (["layer-efficiency"], None, None, False, ["sizeBudget"], []),
+    "a rule without a fix is left to the report": (["allowed-registry"], None, None, False, [], []),
+    "--fix limits the fixes": (["non-root-user", "size-budget"], ["nonRootUser"], None, False,
+                               ["nonRootUser"], []),
+    "--no-squash leaves the size alone": (["size-budget"], None, False, False, [], []),
+    "--squash on a passing image": ([], None, True, False, ["sizeBudget"], []),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("failed", "asked", "squash", "rebase", "tried", "not_tried"),
+    CHOICES.values(),
+    ids=list(CHOICES),
+)
+def test_a_rebuild_tries_every_fix_it_can(
+    failed: list[str],
+    asked: list[str] | None,
+    squash: bool | None,
+    rebase: bool,
+    tried: list[str],
+    not_tried: list[str],
+) -> None:
+    from webhook.policy.checker import CheckResult
+    from webhook.policy.model import Severity
+    from webhook.policy.outcome import Violation
+    from webhook.rebuild.engine import _choose_fixes
+
+    before = CheckResult(
+        "reg.example/app:1",
+        "fail" if failed else "pass",
+        violations=[Violation(rule, f"{rule} fails", Severity.high) for rule in failed],
+    )
+    chosen, reasons = _choose_fixes(before, asked, squash, rebase)
+    assert chosen == tried
+    assert list(reasons) == not_tried
+    if not_tried:
+        assert "--rebase-onto" in reasons["allowedBase"]
+
+
+def test_setuid_bits_stay_when_the_policy_turns_drop_setuid_off() -> None:
+    from webhook.policy.checker import CheckResult
+    from webhook.policy.model import Severity
+    from webhook.policy.outcome import Violation
+    from webhook.rebuild.engine import _choose_fixes
+
+    root = Violation("non-root-user", "runs as root", Severity.high)
+    before = CheckResult("reg.example/app:1", "fail", violations=[root])
+    assert _choose_fixes(before, None, None, False, drop_setuid=False)[0] == ["nonRootUser"]

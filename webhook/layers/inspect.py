@@ -214,8 +214,8 @@ def _layers(data: Any, facts: ImageFacts) -> list[tuple[str, str, int]]:
             out.append((digest, str(media_type or ""), size))
     if len(out) != len(facts.diff_ids):
         raise InvalidImageData(
-            f"manifest {facts.manifest_digest or facts.digest} lists {len(out)} readable layers for "
-            f"{len(facts.diff_ids)} diff_ids",
+            f"manifest {facts.manifest_digest or facts.digest} lists {len(out)} readable "
+            f"layers for {len(facts.diff_ids)} diff_ids",
             reference=facts.reference,
         )
     return out

@@ -3,7 +3,8 @@
 Idempotent: a rebuild whose status already records a result for the current generation is
 not run again, and the engine itself produces the same digest for the same source and fixes
 and never moves a tag. Registry trouble is temporary (retried with backoff by kopf); an image
-that cannot be fixed is permanent.
+that cannot be fixed is permanent, and so is a partial fix (`PartiallyFixed`: the fixes that
+could be made are pushed, the rules still failing are in `status.stillFailing`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from webhook.registry.facts import Platform
 
 log = logging.getLogger("imagegate.operator")
 PLURAL = "imagerebuilds"
-DONE = {Phase.succeeded.value, Phase.unfixable.value}
+DONE = {Phase.succeeded.value, Phase.partially_fixed.value, Phase.unfixable.value}
 CLAIM_SECONDS = 600.0
 IDENTITY = f"{socket.gethostname()}/{os.getpid()}"
 
@@ -117,6 +118,7 @@ class RebuildService:
             return None
         log.info("rebuilding %s for ImageRebuild %s/%s", wanted.source, namespace, name)
         try:
+            platforms = [Platform.parse(p) for p in wanted.platforms or ()]
             source_keyring = await self._source_keyring(namespace, wanted)
             with tempfile.TemporaryDirectory(
                 prefix="imagegate-rebuild-", dir=self._workdir
@@ -130,9 +132,7 @@ class RebuildService:
                     fixes=list(wanted.fixes) if wanted.fixes else None,
                     user=wanted.user or "65532:65532",
                     rebase_onto=wanted.rebase_onto,
-                    platform=Platform.parse(wanted.platforms[0])
-                    if wanted.platforms and len(wanted.platforms) == 1
-                    else None,
+                    platforms=platforms or None,
                     source_keyring=source_keyring,
                     workdir=Path(work),
                 )
@@ -150,7 +150,8 @@ class RebuildService:
         if result.succeeded:
             saved = f", {result.bytes_saved:,} bytes saved" if result.bytes_saved else ""
             return Outcome("Rebuilt", f"{wanted.source} → {result.replacement}{saved}")
-        return Outcome("StillFailing", f"{result.replacement}: {result.reason}", warning=True)
+        reason = "PartiallyFixed" if result.phase is Phase.partially_fixed else "StillFailing"
+        return Outcome(reason, f"{result.replacement}: {result.reason}", warning=True)
 
     async def _source_keyring(self, namespace: str, spec: ImageRebuildSpec) -> Keyring | None:
         """What the source is read with: the namespace's pull secrets (None without a cluster:
@@ -263,6 +264,9 @@ def _status(result: RebuildResult, generation: int) -> dict[str, Any]:
         "before": _verdicts(result.before),
         "after": _verdicts(result.after),
         "bytesSaved": result.bytes_saved,
+        "fixes": result.fixes,
+        "stillFailing": [s.model_dump(by_alias=True) for s in result.still_failing],
+        "droppedPlatforms": result.dropped_platforms,
         "message": message,
         "observedGeneration": generation,
         "conditions": [_condition(phase, message, generation)],

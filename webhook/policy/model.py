@@ -340,6 +340,13 @@ class Remediation(_Model):
         default=False,
         description="Create an ImageRebuild for every non-compliant image seen in audit mode.",
     )
+    drop_setuid: bool = Field(
+        default=True,
+        description=(
+            "With the nonRootUser fix, remove setuid/setgid bits (dropSetuid); off: they are "
+            "listed in the rebuild's status instead."
+        ),
+    )
     target_repository: str | None = Field(
         default=None,
         description=(

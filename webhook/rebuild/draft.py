@@ -9,17 +9,21 @@ that replaces or drops layers cannot misalign them. `ImageDraft.render` writes t
 History belongs to layers as `docker history` shows it: a layer's own entry, then the
 `empty_layer` entries after it (config changes made on top of it). Empty entries before the
 first layer go with the first layer. Entries beyond the last layer (a history naming more
-layers than the image has) stay in `extra_history`, after every layer. A config change the
-rebuild makes (`note`) goes on top: after the last history entry there is. For histories that
+layers than the image has) stay in `extra_history`, after every layer. For histories that
 match their layers (what the OCI spec asks for) and for images without history this is what
 counting non-empty entries gives, so the result is the same bytes.
+
+The rebuild's own config changes (`note`: one entry per fix, its text JSON) are kept apart, in
+`notes`, and rendered on top of everything: a fix that replaces layers (rebase, squash) then
+cannot drop another fix's provenance with the history of the layers it replaced.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import __version__
@@ -29,6 +33,7 @@ from webhook.registry import mediatypes as mt
 from webhook.registry.reference import Reference
 
 EPOCH_CREATED = "1970-01-01T00:00:00Z"
+HISTORY_PREFIX = "imagegate: "
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 _LAYER_TYPES = {
@@ -96,6 +101,7 @@ class ImageDraft:
     annotations: dict[str, str] = field(default_factory=dict)  # the manifest's
     extra_history: list[HistoryEntry] = field(default_factory=list)
     base: BaseImage | None = None
+    notes: list[HistoryEntry] = field(default_factory=list)  # the fixes' entries, on top
     applied: list[str] = field(default_factory=list)
     squashed_layers: int = 0
     dropped_paths: int = 0
@@ -169,28 +175,18 @@ class ImageDraft:
 
     @property
     def history(self) -> list[HistoryEntry]:
-        """The config's `history`: every layer's entries in order, then the extra ones."""
-        return [h for layer in self.layers for h in layer.history] + self.extra_history
+        """The config's `history`: every layer's entries in order, the extra ones, the notes."""
+        return [h for layer in self.layers for h in layer.history] + self.extra_history + self.notes
 
     def mark(self, fix: str) -> None:
         """Record that `fix` was applied."""
         if fix not in self.applied:
             self.applied.append(fix)
 
-    def note(self, fix: str, created_by: str) -> None:
-        """Record `fix` and a config change as an empty_layer history entry on top."""
+    def note(self, fix: str, details: Mapping[str, Any]) -> None:
+        """Record `fix` and its config change as an empty_layer history entry on top."""
         self.mark(fix)
-        entry: HistoryEntry = {
-            "created": self.created,
-            "created_by": f"imagegate rebuild: {created_by}",
-            "comment": f"imagegate {__version__}",
-            "empty_layer": True,
-        }
-        if self.extra_history or not self.layers:
-            self.extra_history.append(entry)
-            return
-        top = next((i for i in reversed(range(len(self.layers))) if self.layers[i].history), 0)
-        self.layers[top] = replace(self.layers[top], history=(*self.layers[top].history, entry))
+        self.notes.append(history_entry(self.created, fix, details, empty_layer=True))
 
     def render(self, annotations: Mapping[str, str]) -> Rendered:
         """Config and manifest bytes (deterministic); `annotations` are added to the manifest's."""
@@ -213,6 +209,22 @@ class ImageDraft:
             "annotations": {**self.annotations, **annotations},
         }
         return Rendered(config_bytes, canonical_json(manifest))
+
+
+def history_entry(
+    created: str, fix: str, details: Mapping[str, Any], *, empty_layer: bool
+) -> HistoryEntry:
+    """A history entry of the rebuild: `imagegate: {"fix": …, …}`, JSON that tools can read
+    back (`docker history` shows it as it is), never a Python repr."""
+    text = json.dumps({"fix": fix, **details}, ensure_ascii=False)
+    entry: HistoryEntry = {
+        "created": created,
+        "created_by": f"{HISTORY_PREFIX}{text}",
+        "comment": f"imagegate {__version__}",
+    }
+    if empty_layer:
+        entry["empty_layer"] = True
+    return entry
 
 
 def _layer_history(

@@ -17,27 +17,35 @@ import shlex
 from dataclasses import replace
 from typing import Final
 
-from webhook import __version__
 from webhook.errors import Unfixable, UsageError
 from webhook.policy.model import SingleEntrypointRule
 from webhook.policy.rules import single_entrypoint
 from webhook.policy.rules.allowed_base import BASE_DIGEST, BASE_NAME
-from webhook.rebuild.draft import OCI_LAYER_GZIP, BaseImage, DraftLayer, ImageDraft
+from webhook.rebuild.draft import (
+    HISTORY_PREFIX,
+    OCI_LAYER_GZIP,
+    BaseImage,
+    DraftLayer,
+    ImageDraft,
+    history_entry,
+)
 from webhook.rebuild.layers import SquashResult
 from webhook.rebuild.push import BlobSource
 from webhook.registry.facts import ImageFacts
 
 NON_ROOT_USER: Final = "nonRootUser"
+DROP_SETUID: Final = "dropSetuid"  # with nonRootUser unless the policy's remediation turns it off
 SINGLE_ENTRYPOINT: Final = "singleEntrypoint"
 SIZE_BUDGET: Final = "sizeBudget"
 ALLOWED_BASE: Final = "allowedBase"
-ALL_FIXES: Final = (NON_ROOT_USER, SINGLE_ENTRYPOINT, SIZE_BUDGET, ALLOWED_BASE)
+ALL_FIXES: Final = (NON_ROOT_USER, DROP_SETUID, SINGLE_ENTRYPOINT, SIZE_BUDGET, ALLOWED_BASE)
 
 RULE_FIXES: Final = {
     "non-root-user": NON_ROOT_USER,
     "single-entrypoint": SINGLE_ENTRYPOINT,
     "size-budget": SIZE_BUDGET,
     "allowed-base": ALLOWED_BASE,
+    "layer-efficiency": SIZE_BUDGET,  # wasted bytes and package caches: the squash drops them
 }
 
 DEFAULT_USER: Final = "65532:65532"
@@ -187,7 +195,7 @@ def fix_entrypoint(
 def set_user(draft: ImageDraft, user: str) -> None:
     """`nonRootUser`: the config's USER becomes `user` (numeric, see `parse_user`)."""
     draft.inner["User"] = user
-    draft.note(NON_ROOT_USER, f"USER {user}")
+    draft.note(NON_ROOT_USER, {"user": user})
 
 
 def exec_form_entrypoint(
@@ -202,7 +210,7 @@ def exec_form_entrypoint(
     if (entrypoint, cmd) != (facts.entrypoint, facts.cmd):
         draft.inner["Entrypoint"] = entrypoint
         draft.inner["Cmd"] = cmd
-        draft.note(SINGLE_ENTRYPOINT, f"ENTRYPOINT {entrypoint} CMD {cmd}")
+        draft.note(SINGLE_ENTRYPOINT, {"entrypoint": entrypoint, "cmd": cmd})
 
 
 def rebase_point(draft: ImageDraft, onto: str) -> int:
@@ -229,6 +237,7 @@ def rebase(draft: ImageDraft, onto: ImageDraft, digest: str) -> None:
     resolved to. The layers above the old base, and their history, stay as they are.
     """
     keep = rebase_point(draft, onto.name)
+    old = draft.base.name if draft.base else None
     below, above = list(onto.layers), draft.layers[keep:]
     if onto.extra_history:  # the new base's history beyond its layers stays below the app's
         if below:
@@ -240,7 +249,7 @@ def rebase(draft: ImageDraft, onto: ImageDraft, digest: str) -> None:
             draft.extra_history[:0] = onto.extra_history
     draft.layers = [*below, *above]
     draft.base = BaseImage(onto.name, digest, "rebase", len(below))
-    draft.note(ALLOWED_BASE, f"rebase onto {onto.name}@{digest}")
+    draft.note(ALLOWED_BASE, {"rebasedFrom": old, "base": onto.name, "digest": digest})
 
 
 def record_base(draft: ImageDraft) -> None:
@@ -261,25 +270,34 @@ def record_base(draft: ImageDraft) -> None:
     elif BASE_DIGEST in labels:
         del labels[BASE_DIGEST]
     if ALLOWED_BASE not in draft.applied:
-        draft.note(ALLOWED_BASE, f"record base {base.name}")
+        details = {"base": base.name, "evidence": base.evidence}
+        draft.note(ALLOWED_BASE, details | ({"digest": base.digest} if base.digest else {}))
 
 
 def squash(draft: ImageDraft, result: SquashResult) -> None:
     """`sizeBudget`: the layers above the base (`draft.base_layers`) become `result`'s one
-    layer, with one history entry; the history above the base goes with them."""
+    layer, with one history entry; the source history above the base goes with them, the
+    other fixes' notes stay (they are provenance, not the squashed layers' history)."""
     start = draft.base_layers
     count = len(draft.layers) - start
     if count <= 0:
         return
     layer = result.layer
-    entry = {
-        "created": draft.created,
-        "created_by": (
-            f"imagegate rebuild: squash of {count} layers, "
-            f"{len(result.dropped)} cache paths dropped"
-        ),
-        "comment": f"imagegate {__version__}",
+    dropped = result.dropped_count
+    # layers this rebuild wrote (ownership, setuid) carry their fix's entry: it stays, as a note
+    ours = [
+        {**h, "empty_layer": True}
+        for squashed in draft.layers[start:]
+        for h in squashed.history
+        if str(h.get("created_by", "")).startswith(HISTORY_PREFIX)
+    ]
+    draft.notes[:0] = ours
+    details = {
+        "squashedLayers": count,
+        "droppedPaths": dropped,
+        "droppedBytes": result.dropped_bytes,
     }
+    entry = history_entry(draft.created, SIZE_BUDGET, details, empty_layer=False)
     draft.layers[start:] = [
         DraftLayer(
             {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size},
@@ -289,5 +307,5 @@ def squash(draft: ImageDraft, result: SquashResult) -> None:
         )
     ]
     draft.extra_history = []
-    draft.squashed_layers, draft.dropped_paths = count, len(result.dropped)
+    draft.squashed_layers, draft.dropped_paths = count, dropped
     draft.mark(SIZE_BUDGET)

@@ -17,7 +17,7 @@ from webhook.policy.model import ObjectMeta
 API_VERSION: Final = "imagegate.dev/v1alpha1"
 KIND: Final = "ImageRebuild"
 
-Fix = Literal["nonRootUser", "singleEntrypoint", "sizeBudget", "allowedBase"]
+Fix = Literal["nonRootUser", "dropSetuid", "singleEntrypoint", "sizeBudget", "allowedBase"]
 
 
 class _Model(BaseModel):
@@ -25,9 +25,13 @@ class _Model(BaseModel):
 
 
 class Phase(StrEnum):
+    # PartiallyFixed: the fixes that could be made were pushed, but the replacement still fails
+    # a rule (status.stillFailing), so the webhook never swaps it in. Unfixable: no fix could be
+    # made and nothing was pushed.
     pending = "Pending"
     running = "Running"
     succeeded = "Succeeded"
+    partially_fixed = "PartiallyFixed"
     failed = "Failed"
     unfixable = "Unfixable"
 
@@ -40,7 +44,10 @@ class ImageRebuildSpec(_Model):
     )
     fixes: list[Fix] | None = Field(
         default=None,
-        description="Fixes to apply; omitted: whatever the policy needs for this image.",
+        description=(
+            "The only fixes to apply; omitted: whatever the policy needs for this image. Those "
+            "that cannot be made are reported in status.stillFailing, the others still are."
+        ),
     )
     policy: str | None = Field(
         default=None, description="ImagePolicy whose rules decide the fixes (default: all)."
@@ -52,7 +59,11 @@ class ImageRebuildSpec(_Model):
         default=None, description="Approved base to rebase onto for the allowedBase fix."
     )
     platforms: list[str] | None = Field(
-        default=None, description="Platforms to rebuild for a multi-arch source (default: all)."
+        default=None,
+        description=(
+            "Platforms (os/arch[/variant]) to rebuild; the replacement of a multi-arch source is "
+            "an index of just these (default: all). One the source lacks is an error."
+        ),
     )
     image_pull_secrets: list[str] | None = Field(
         default=None,
@@ -79,14 +90,36 @@ class RuleVerdicts(_Model):
     failed_rules: list[str] = Field(default_factory=list)
 
 
+class StillFailing(_Model):
+    """A rule the replacement still fails, and why imagegate did not fix it."""
+
+    rule: str
+    message: str
+    reason: str
+
+
 class ImageRebuildStatus(_Model):
-    phase: Phase = Phase.pending
+    phase: Phase = Field(
+        default=Phase.pending,
+        description=(
+            "PartiallyFixed: the fixes that could be made were pushed, the replacement still "
+            "fails the rules in stillFailing and is never swapped in. Unfixable: no fix could "
+            "be made, nothing was pushed."
+        ),
+    )
     source_digest: str | None = None
     replacement: str | None = Field(default=None, description="repo@sha256:… of the result.")
     replacement_tag: str | None = None
     before: RuleVerdicts | None = None
     after: RuleVerdicts | None = None
     bytes_saved: int | None = None
+    fixes: list[Fix] | None = Field(default=None, description="The fixes applied.")
+    still_failing: list[StillFailing] | None = Field(
+        default=None, description="Rules the replacement still fails, each with the reason."
+    )
+    dropped_platforms: list[str] | None = Field(
+        default=None, description="Platforms of the source left out of the replacement."
+    )
     message: str = ""
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

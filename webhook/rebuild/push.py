@@ -2,7 +2,8 @@
 
 Never overwrite a tag (DESIGN §4): manifests go up by digest, and the only tag written is
 `<source tag or 'untagged'>-imagegate-<12 hex of the source digest>`. If that tag already names
-another digest we refuse; if it names the same digest the push is a no-op (idempotent).
+another digest we refuse, before anything is pushed (`check_tag`); if it names the same digest
+the push is a no-op (idempotent).
 """
 
 from __future__ import annotations
@@ -74,24 +75,36 @@ async def push_manifest(blobs: BlobStore, target: Reference, body: bytes, media_
     return await blobs.put_manifest(target, sha256(body), body, media_type)
 
 
-async def tag_once(
+async def check_tag(
     blobs: BlobStore, target: Reference, tag: str, body: bytes, media_type: str
 ) -> bool:
-    """Point the new tag at `body`'s digest: True when written, False when it already did.
+    """True when `tag` already names `body`'s digest, False when it names nothing yet.
 
-    Raises RebuildError when the tag names another digest: tags are never moved.
+    Raises RebuildError, naming the tag and both digests, when it names another digest: tags
+    are never moved. The engine asks before it pushes anything, so a conflict leaves nothing
+    behind (no blob, no untagged manifest).
     """
     digest = sha256(body)
     accept = ", ".join((media_type, *sorted(mt.INDEX_TYPES | mt.MANIFEST_TYPES)))
     existing = await blobs.manifest_digest(target, tag, accept)
-    if existing == digest:
-        return False
-    if existing is not None:
+    if existing is not None and existing != digest:
         raise RebuildError(
             f"tag {target.name}:{tag} already points to {existing}, not to the rebuilt "
             f"{digest}; imagegate never moves a tag. The earlier rebuild of this source used "
             "other fixes or another imagegate version: delete that tag, or push to another "
             "repository"
         )
+    return existing is not None
+
+
+async def tag_once(
+    blobs: BlobStore, target: Reference, tag: str, body: bytes, media_type: str
+) -> bool:
+    """Point the new tag at `body`'s digest: True when written, False when it already did.
+
+    Asks again right before writing (`check_tag`): another rebuild may have tagged meanwhile.
+    """
+    if await check_tag(blobs, target, tag, body, media_type):
+        return False
     await blobs.put_manifest(target, tag, body, media_type)
     return True

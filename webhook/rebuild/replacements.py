@@ -1,7 +1,10 @@
 """The replacement mapping: source image digest → compliant replacement reference.
 
 The operator publishes it through succeeded ImageRebuilds (`status.sourceDigest` →
-`status.replacement`); a file with the same pairs works too (`serve --replacements FILE`):
+`status.replacement`); only `Succeeded` ones, whose replacement passed the re-check: a
+`PartiallyFixed` replacement still fails a rule, and swapping it in would admit, under the
+source's name, an image the policy refuses. A file with the same pairs works too
+(`serve --replacements FILE`):
 
 ```yaml
 replacements:
@@ -20,6 +23,7 @@ import yaml
 from webhook.errors import ImagegateError, UsageError
 from webhook.k8s.cluster import ClusterReader
 from webhook.k8s.poll import Poller
+from webhook.rebuild.model import Phase
 from webhook.registry.reference import Reference
 
 
@@ -57,7 +61,8 @@ class Replacements:
             status: dict[str, Any] = obj.get("status") or {}
             source, replacement = status.get("sourceDigest"), status.get("replacement")
             namespace = (obj.get("metadata") or {}).get("namespace")
-            if status.get("phase") == "Succeeded" and source and replacement and namespace:
+            passed = status.get("phase") == Phase.succeeded.value  # never PartiallyFixed
+            if passed and source and replacement and namespace:
                 mapping[(str(namespace), str(source))] = str(replacement)
         self._by_namespace = mapping
 
