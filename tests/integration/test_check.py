@@ -15,9 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.fixtures.images import DERIVED, push_copy, push_unique
+from tests.fixtures.images import DERIVED, MANIFEST_ACCEPT, push_copy, push_unique
 from tests.support.registry import RegistryProcess, await_requests
 from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
@@ -91,7 +92,19 @@ def test_every_fixture_gets_the_expected_verdict(
             assert v["message"]
 
 
-def test_facts_match_the_images(fixture_images: dict[str, str], policy_file: Path) -> None:
+def served_manifest(registry: RegistryProcess, ref: str) -> tuple[str, dict[str, Any]]:
+    """(digest, manifest) of `host/repo:tag` as the registry itself serves it."""
+    repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    answer = httpx.get(
+        f"{registry.url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    answer.raise_for_status()
+    return answer.headers["Docker-Content-Digest"], answer.json()
+
+
+def test_facts_match_the_images(
+    fixture_images: dict[str, str], policy_file: Path, registry: RegistryProcess
+) -> None:
     refs = [fixture_images[n] for n in ("good", "unlabelled-derived", "root-script", "big")]
     by_image = results(run("check", *refs, "--policy", str(policy_file), "--output", "json"))
     base = fixture_images["base"]
@@ -100,20 +113,24 @@ def test_facts_match_the_images(fixture_images: dict[str, str], policy_file: Pat
     assert good["entrypoint"] == list(DERIVED["good"].entrypoint or [])
     assert good["base"]["name"].startswith(base)
     assert good["base"]["evidence"] == "label"
+    base_digest, _ = served_manifest(registry, base)
+    assert good["base"]["digest"] == base_digest  # the label names the base by its digest
     unlabelled = by_image[fixture_images["unlabelled-derived"]]["facts"]
     assert unlabelled["base"] == {
         "name": base,
-        "digest": unlabelled["base"]["digest"],
+        "digest": base_digest,  # the approved base as resolved, not the image's own digest
         "evidence": "diff_ids",
         "verified": True,
     }
-    assert unlabelled["base"]["digest"].startswith("sha256:")
     root = by_image[fixture_images["root-script"]]["facts"]
     assert root["user"] == ""
     assert root["argv"][0] == "/docker-entrypoint.sh"
     big = by_image[fixture_images["big"]]["facts"]
-    assert big["compressedSize"] > 2_000_000
-    assert big["compressedSize"] == sum(layer["size"] for layer in big["layers"])
+    big_digest, big_manifest = served_manifest(registry, fixture_images["big"])
+    assert by_image[fixture_images["big"]]["digest"] == big_digest
+    sizes = [layer["size"] for layer in big_manifest["layers"]]
+    assert [layer["size"] for layer in big["layers"]] == sizes
+    assert big["compressedSize"] == sum(sizes) > 3 * 1024 * 1024  # the 3 MiB random layer
 
 
 def test_exit_code_zero_when_all_pass_and_table_output(

@@ -52,8 +52,8 @@ def docker(*args: str, timeout: float = 120) -> str:
     return proc.stdout.strip()
 
 
-def manifest(registry: RegistryProcess, ref: str) -> tuple[str, dict[str, Any]]:
-    """(digest, manifest JSON) of `host/repo:tag` or `host/repo@digest`, read over HTTP."""
+def served_manifest(registry: RegistryProcess, ref: str) -> httpx.Response:
+    """The registry's answer for the manifest `host/repo:tag` or `host/repo@digest`."""
     name, sep, reference = ref.partition("@")
     if not sep:
         name, _, reference = ref.rpartition(":")
@@ -62,6 +62,12 @@ def manifest(registry: RegistryProcess, ref: str) -> tuple[str, dict[str, Any]]:
         f"{registry.url}/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
     )
     resp.raise_for_status()
+    return resp
+
+
+def manifest(registry: RegistryProcess, ref: str) -> tuple[str, dict[str, Any]]:
+    """(digest, manifest JSON) of `host/repo:tag` or `host/repo@digest`, read over HTTP."""
+    resp = served_manifest(registry, ref)
     return resp.headers["Docker-Content-Digest"], resp.json()
 
 
@@ -320,7 +326,9 @@ async def test_multi_arch_source_gets_a_new_index_of_the_platforms_asked_for(
     )  # fmt: skip
 
     assert result.outcome == "succeeded", result.reason
-    _, index = manifest(registry, result.replacement)
+    index_digest, index = manifest(registry, result.replacement)
+    assert result.replacement == f"{target}@{index_digest}"
+    assert index["schemaVersion"] == 2
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert [
         "/".join(filter(None, (m["platform"]["os"], m["platform"]["architecture"],
@@ -331,11 +339,22 @@ async def test_multi_arch_source_gets_a_new_index_of_the_platforms_asked_for(
     assert result.dropped_platforms == dropped
     assert result.to_json()["droppedPlatforms"] == dropped
     for entry in index["manifests"]:
-        _, child = manifest(registry, f"{target}@{entry['digest']}")
+        # each descriptor describes the manifest the registry serves: type, size, digest
+        served = served_manifest(registry, f"{target}@{entry['digest']}")
+        assert entry["mediaType"] == served.headers["Content-Type"]
+        assert entry["size"] == len(served.content)
+        assert entry["digest"] == "sha256:" + hashlib.sha256(served.content).hexdigest()
+        child = served.json()
+        assert child["mediaType"] == entry["mediaType"]
         config = blob_json(registry, target, child["config"]["digest"])
+        # ... and the platform it names is the one that image is built for
+        assert (config["os"], config["architecture"], config.get("variant")) == (
+            entry["platform"]["os"],
+            entry["platform"]["architecture"],
+            entry["platform"].get("variant"),
+        )
         # the source already runs as its own non-root user: the fix keeps it (issue 15.1)
         assert config["config"]["User"] == "65532:65532"
-    assert json.dumps(index)  # a valid document the registry accepted
 
 
 async def test_blob_store_pushes_and_mounts_with_credentials(

@@ -30,7 +30,7 @@ from tests.integration.reviews import (
     review,
 )
 from tests.support.registry import RegistryProcess, await_requests
-from tests.support.webhook import WebhookServer, start_webhook
+from tests.support.webhook import WebhookServer, start_catch_all_webhook, start_webhook
 from webhook.admission.tls import self_signed
 
 pytestmark = pytest.mark.integration
@@ -79,6 +79,29 @@ def server(
     webhook.stop()
 
 
+# Exempt from every policy: the configured list, and the webhook's own namespace.
+EXEMPT = ("kube-system", "team-legacy")
+OWN_NAMESPACE = "imagegate"
+
+
+@pytest.fixture(scope="module")
+def catch_all(
+    tmp_path_factory: pytest.TempPathFactory, fixture_images: dict[str, str]
+) -> Iterator[WebhookServer]:
+    """One enforce policy for every namespace (`start_catch_all_webhook`) and exemptions: what
+    it admits unchecked was admitted by an exemption, not for want of a policy."""
+    webhook = start_catch_all_webhook(
+        tmp_path_factory.mktemp("webhook-catch-all"),
+        fixture_images["base"],
+        {
+            "IMAGEGATE_WEBHOOK_EXEMPT_NAMESPACES": json.dumps(EXEMPT),
+            "IMAGEGATE_NAMESPACE": OWN_NAMESPACE,
+        },
+    )
+    yield webhook
+    webhook.stop()
+
+
 def post(server: WebhookServer, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     with server.client() as http:
         answer = http.post(endpoint, json=body)
@@ -86,8 +109,9 @@ def post(server: WebhookServer, endpoint: str, body: dict[str, Any]) -> dict[str
     data: dict[str, Any] = answer.json()
     assert data["apiVersion"] == "admission.k8s.io/v1"
     assert data["kind"] == "AdmissionReview"
-    assert data["response"]["uid"] == body["request"]["uid"]
-    return data["response"]
+    response: dict[str, Any] = data["response"]
+    assert response["uid"] == body["request"]["uid"]
+    return response
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
@@ -185,12 +209,31 @@ def test_strictest_mode_wins_per_violation(
     assert "warnings" not in response
 
 
-def test_unlisted_and_exempt_namespaces_are_not_checked(
+def test_a_namespace_no_policy_matches_is_not_checked(
     server: WebhookServer, fixture_images: dict[str, str]
 ) -> None:
     spec = pod_spec(container("app", fixture_images["zero"]))
-    for namespace in ("kube-system", "imagegate", "no-policy-here"):
-        assert post(server, "/validate", review("Pod", spec, namespace=namespace))["allowed"]
+    body = review("Pod", spec, namespace="no-policy-here")
+    assert post(server, "/validate", body) == {"uid": body["request"]["uid"], "allowed": True}
+    assert post(server, "/validate", review("Pod", spec))["allowed"] is False  # prod: checked
+
+
+@pytest.mark.parametrize("namespace", [*EXEMPT, OWN_NAMESPACE])
+def test_exempt_namespaces_are_not_checked_even_by_a_policy_for_every_namespace(
+    catch_all: WebhookServer, fixture_images: dict[str, str], namespace: str
+) -> None:
+    spec = pod_spec(container("app", fixture_images["zero"]))
+    # The same pod anywhere else is denied, and pinned by the mutating webhook ...
+    checked = post(catch_all, "/validate", review("Pod", spec, namespace="anywhere"))
+    assert checked["allowed"] is False
+    assert "imagegate denied Pod anywhere/web" in checked["status"]["message"]
+    assert "non-root-user" in checked["status"]["message"]
+    assert "patch" in post(catch_all, "/mutate", review("Pod", spec, namespace="anywhere"))
+    # ... and in an exempt namespace it is neither checked, warned about nor rewritten.
+    for endpoint in ("/validate", "/mutate"):
+        body = review("Pod", spec, namespace=namespace)
+        answer = post(catch_all, endpoint, body)
+        assert answer == {"uid": body["request"]["uid"], "allowed": True}, endpoint
 
 
 def test_update_evaluates_only_changed_images(
@@ -436,6 +479,7 @@ def test_serving_certificate_rotates_without_restart(server: WebhookServer, tmp_
             time.sleep(0.2)
     else:
         pytest.fail("the server never presented the rotated certificate")
+    assert rotated.ca is not None
     server.ca.write_bytes(rotated.ca.read_bytes())  # later tests verify against the new CA
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
+from tests.support.manifests import image_policy
 from tests.support.processes import LoggedProcess, free_port, spawn
 from webhook.admission.tls import CertFiles
 
@@ -100,3 +102,11 @@ def start_webhook(
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"imagegate serve did not answer /healthz:\n{server.logs()}")
+
+
+def start_catch_all_webhook(directory: Path, base: str, env: dict[str, str]) -> WebhookServer:
+    """`start_webhook` with one enforce ImagePolicy without `match`, approving `base`: it
+    applies to every namespace, so whatever it admits unchecked, an exemption admitted."""
+    everywhere = directory / "everywhere.yaml"
+    everywhere.write_text(yaml.safe_dump(image_policy("everywhere", {}, base, mode="enforce")))
+    return start_webhook(directory, ["--policy", str(everywhere)], env)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import Any
 
 import pytest
 
-from webhook.caches import ENTRY_OVERHEAD
+from webhook.caches import ENTRY_OVERHEAD, BoundedCache
 from webhook.errors import ImageNotFound, RegistryUnavailable
+from webhook.registry import cache as registry_cache
 from webhook.registry.cache import DigestCache, NegativeCache, SingleFlight, TagCache
 
 
@@ -40,10 +43,22 @@ def test_digest_cache_skips_an_item_larger_than_the_budget() -> None:
     assert cache.get("sha256:small") == b"12345"
 
 
-def test_digest_cache_never_expires_by_time() -> None:
+def test_digest_cache_never_expires_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Content addressed by digest never goes stale: only the byte budget evicts it. DigestCache
+    takes no timer, so the clock goes in where it builds its BoundedCache (any `ttl` a change
+    gave it would then count on this clock), and moves by ten years."""
+    clock = FakeClock()
+
+    def clocked(*args: Any, **kwargs: Any) -> BoundedCache[Any, Any]:
+        return BoundedCache(*args, **{"timer": clock, **kwargs})
+
+    monkeypatch.setattr(registry_cache, "BoundedCache", clocked)
     cache = DigestCache(max_bytes=1000)
     cache.put("sha256:a", b"data")
+    clock.now += 10 * 365 * 24 * 3600
+    assert "sha256:a" in cache
     assert cache.get("sha256:a") == b"data"
+    assert len(cache) == 1
 
 
 def test_tag_cache_trusts_a_tag_only_for_its_ttl() -> None:
@@ -57,7 +72,8 @@ def test_tag_cache_trusts_a_tag_only_for_its_ttl() -> None:
 
 
 def test_tag_cache_with_zero_ttl_keeps_nothing() -> None:
-    cache = TagCache(ttl=0)
+    clock = FakeClock()  # stands still: not even the instant it was put in
+    cache = TagCache(ttl=0, timer=clock)
     cache.put("r", "app", "1", "sha256:one")
     assert cache.get("r", "app", "1") is None
 
@@ -89,9 +105,11 @@ def test_negative_cache_ignores_errors_that_say_nothing_about_the_registry() -> 
 
 
 def test_negative_cache_with_zero_ttl_is_disabled() -> None:
-    cache: NegativeCache[str] = NegativeCache(ttl=0)
+    clock = FakeClock()  # stands still: not even the instant it was remembered
+    cache: NegativeCache[str] = NegativeCache(ttl=0, timer=clock)
     cache.remember("k", RegistryUnavailable("down"))
     cache.check("k")
+    assert "k" not in cache
 
 
 async def test_single_flight_shares_one_call_among_50_waiters() -> None:
@@ -124,7 +142,7 @@ async def test_single_flight_keys_are_independent() -> None:
         await asyncio.sleep(0.01)
         return key.upper()
 
-    results = await asyncio.gather(*(sf.do(k, lambda k=k: work(k)) for k in ["a", "b", "a"]))
+    results = await asyncio.gather(*(sf.do(k, functools.partial(work, k)) for k in "aba"))
     assert results == ["A", "B", "A"]
     assert sorted(seen) == ["a", "b"]
 
