@@ -585,7 +585,17 @@ class UnresolvedUser:
 def is_numeric_user(spec: str) -> bool:
     """True for `uid` and `uid:gid` (and empty): nothing to look up in the image."""
     user, _, group = spec.partition(":")
-    return all(not part or part.isdigit() for part in (user, group))
+    return all(not part or _number(part) is not None for part in (user, group))
+
+
+def _number(part: str) -> int | None:
+    """A uid or gid as runc reads it (Go's `strconv.Atoi`): ASCII digits after an optional
+    sign; None for what runc looks up as a name (`²` and `٣` too, which Python's `isdigit`
+    calls digits). Longer numbers than 18 digits are out of any id range either way."""
+    digits = part[1:] if part[:1] in ("+", "-") else part
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(part)
 
 
 def _records(text: bytes | None, fields: int) -> Iterator[list[str]]:
@@ -626,8 +636,9 @@ def resolve_user(
     `passwd` / `group` are the files' bytes, None when the image has none.
     """
     user, _, group_part = spec.partition(":")
-    numeric = user.isdigit()
-    wanted_uid = int(user) if numeric else 0
+    number = _number(user)
+    numeric = number is not None
+    wanted_uid = number or 0
     matched: tuple[str, int, int] | None = None
     for entry in _passwd(passwd):
         if entry[1] == wanted_uid if (numeric or not user) else entry[0] == user:
@@ -637,18 +648,19 @@ def resolve_user(
         uid, gid = matched[1], matched[2]
     elif not user:
         uid, gid = 0, 0
-    elif numeric:
-        uid, gid = int(user), 0
+    elif number is not None:
+        uid, gid = number, 0
     else:
         where = "its /etc/passwd" if passwd is not None else "it has no /etc/passwd"
         return UnresolvedUser(
             spec, f"user {user!r} is not in the image: no matching entry in {where}"
         )
-    if uid > _MAX_ID:
+    if not 0 <= uid <= _MAX_ID:
         return UnresolvedUser(spec, f"uid {uid} is out of range (0..{_MAX_ID})")
     if group_part:
-        if group_part.isdigit():
-            gid = int(group_part)
+        group_number = _number(group_part)
+        if group_number is not None:
+            gid = group_number
         else:
             found = next((g for name, g in _groups(group) if name == group_part), None)
             if found is None:
@@ -657,7 +669,7 @@ def resolve_user(
                     spec, f"group {group_part!r} is not in the image: no matching entry in {where}"
                 )
             gid = found
-        if gid > _MAX_ID:
+        if not 0 <= gid <= _MAX_ID:
             return UnresolvedUser(spec, f"gid {gid} is out of range (0..{_MAX_ID})")
     return ResolvedUser(user or (matched[0] if matched else "root"), uid, gid)
 

@@ -60,8 +60,11 @@ def check(
     name, _group = split_user(image_user)
     if not name:
         return _fail(rule, found, f"the image has no USER, so it runs as root: {FIX}")
-    if name.isascii() and name.isdigit():  # "²".isdigit() is True, and int("²") raises
-        if len(name) > MAX_UID_DIGITS or int(name) > MAX_UID:
+    # A uid as runc and the kubelet read it (Go's strconv): ASCII digits after an optional
+    # sign, so `+0` and `-0` are root. "²".isdigit() is True, and int("²") raises.
+    digits = name[1:] if name[0] in "+-" else name
+    if digits.isascii() and digits.isdigit():
+        if len(digits) > MAX_UID_DIGITS or not 0 <= int(name) <= MAX_UID:
             return _fail(rule, found, f"USER {image_user} is not a valid uid: {FIX}")
         if int(name) == 0:
             return _fail(rule, found, f"the image runs as uid 0 (USER {image_user}): {FIX}")

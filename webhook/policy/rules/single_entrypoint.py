@@ -39,8 +39,9 @@ from webhook.registry.facts import ImageFacts
 
 RULE = "single-entrypoint"
 SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
-# Shell operators that start more than one process or put one in the background.
-CHAIN_OPERATORS = frozenset({";", "&", "&&", "||", "|", "|&", ";;"})
+# Shell operators that start more than one process or put one in the background (`&|` is
+# zsh's background-and-disown, one token to the lexer: `a &| b` runs two processes).
+CHAIN_OPERATORS = frozenset({";", "&", "&&", "||", "|", "|&", ";;", "&|"})
 # Shim options that take a value, so the value is not mistaken for the child program.
 SHIM_OPTIONS_WITH_VALUE = frozenset({"-p", "-e", "-r", "--rewrite"})
 # Shell option letters that take the next word (`-o errexit`, `+o posix`, bash `-O extglob`),
