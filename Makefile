@@ -10,6 +10,7 @@
 #   make demo    engine, then hack/demo.py (on kind when a node image is cached or pullable)
 #   make bench   engine, then bench/bench_check.py
 #   make fuzz    the admission property test (hypothesis) with a long budget
+#   make mutate  mutation testing (hack/mutate.py, mutmut) with tests/unit: >= 90% killed
 #   make chaos   imagegate serve against a registry misbehaving in every way, then make fuzz
 
 SHELL := /bin/bash
@@ -29,7 +30,7 @@ PYTEST_ARGS ?=
 
 export IMAGEGATE_STATE ?= /tmp/imagegate
 
-.PHONY: venv deps engine lint test e2e demo bench fuzz chaos
+.PHONY: venv deps engine lint test e2e demo bench fuzz chaos mutate
 
 venv: $(VENV_STAMP)
 
@@ -70,6 +71,10 @@ demo: engine venv tools
 # The admission property test with a long budget (the suite runs it with a fixed, short one).
 fuzz: venv
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q $(PYTEST_ARGS) tests/unit/test_admission_fuzz.py
+
+# Rules, decision, pod templates, references, digest checks; MUTATE_ARGS=--changed-since origin/main
+mutate: venv
+	$(VENV)/bin/python hack/mutate.py --min-score 90 $(MUTATE_ARGS)
 
 # The reliability suite, long: imagegate serve against a registry that misbehaves in every way
 # (hack/chaos.py; the suite runs tests/integration/test_chaos.py briefly), then the fuzz corpus.
