@@ -11,6 +11,7 @@
 #   make bench   engine, then bench/bench_check.py
 #   make fuzz    the admission property test (hypothesis) with a long budget
 #   make mutate  mutation testing (hack/mutate.py, mutmut) with tests/unit: >= 90% killed
+#   make mutate-ci  the CI share of it: what the last commit changed, or a sample
 #   make chaos   imagegate serve against a registry misbehaving in every way, then make fuzz
 
 SHELL := /bin/bash
@@ -30,7 +31,7 @@ PYTEST_ARGS ?=
 
 export IMAGEGATE_STATE ?= /tmp/imagegate
 
-.PHONY: venv deps engine lint test e2e demo bench fuzz chaos mutate
+.PHONY: venv deps engine lint test e2e demo bench fuzz chaos mutate mutate-ci
 
 venv: $(VENV_STAMP)
 
@@ -75,6 +76,13 @@ fuzz: venv
 # Rules, decision, pod templates, references, digest checks; MUTATE_ARGS=--changed-since origin/main
 mutate: venv
 	$(VENV)/bin/python hack/mutate.py --min-score 90 $(MUTATE_ARGS)
+
+# CI's share (.ci/run): the functions the last commit changed (<= 150 mutants), or, when it
+# changed none, 60 mutants of everything seeded by the commit; any unexplained survivor fails.
+MUTATE_BASE ?= HEAD~1
+mutate-ci: venv
+	$(VENV)/bin/python hack/mutate.py --changed-since $(MUTATE_BASE) --max-mutants 150 \
+		--or-sample 60 --seed "$$(git rev-parse HEAD)" --max-unexplained 0 --min-score 90
 
 # The reliability suite, long: imagegate serve against a registry that misbehaves in every way
 # (hack/chaos.py; the suite runs tests/integration/test_chaos.py briefly), then the fuzz corpus.

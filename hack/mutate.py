@@ -29,7 +29,11 @@ This module is also a pytest plugin of those runs (`pytest_runtest_setup` below)
 Subsets, for CI: `--changed-since REF` keeps the functions this branch changed (since the
 merge base with REF, uncommitted changes too; every function of a file whose module-level code
 changed), `--max-mutants N` samples N of the selected
-mutants (`--seed` picks which), `--only GLOB` filters by mutmut name. A run costs about 45 s
+mutants (`--seed` picks which), `--only GLOB` filters by mutmut name, `--or-sample N` samples
+N of all mutants when nothing in scope changed, and `--max-unexplained 0` fails the run on any
+survivor that is not a known equivalent (a sample's score alone is noisy; an unexplained
+survivor is not). CI (`make mutate-ci`, a step of `.ci/run`) runs what the last commit changed,
+at most 150 mutants, or a 60-mutant sample seeded by the commit. A run costs about 45 s
 of set-up (copy, generation, one run of tests/unit to learn which tests reach which function)
 plus, on 2 cores, about 3 mutants a second, a survivor of the reference parser ~13 s (it runs
 every test that parses a reference).
@@ -770,7 +774,15 @@ def select(args: argparse.Namespace) -> tuple[list[Target], list[str] | None]:
     "nothing matches" error)."""
     targets = targets_from_config()
     if args.changed_since:
-        targets = changed_since(args.changed_since, targets)
+        changed = changed_since(args.changed_since, targets)
+        if changed or args.or_sample is None:
+            targets = changed
+        else:  # nothing in scope changed: a sample of everything, so the gate still runs
+            print(
+                f"mutate: nothing in scope changed since {args.changed_since}; "
+                f"sampling {args.or_sample} mutants of all targets (seed {args.seed!r})"
+            )
+            args.max_mutants = args.or_sample
     subset = args.changed_since or args.only or args.max_mutants is not None
     if not targets or not subset:
         return targets, None
@@ -782,7 +794,7 @@ def select(args: argparse.Namespace) -> tuple[list[Target], list[str] | None]:
     return targets, names
 
 
-def report(mutants: Sequence[Mutant], min_score: float) -> int:
+def report(mutants: Sequence[Mutant], min_score: float, max_unexplained: int | None) -> int:
     killed = sum(m.killed for m in mutants)
     total = len(mutants)
     print(f"mutation score: {killed}/{total} killed")
@@ -807,6 +819,10 @@ def report(mutants: Sequence[Mutant], min_score: float) -> int:
             f"{len(left) - explained} to kill with a test"
         )
     print(f"score {score:.1f}% (minimum {min_score:g}%)")
+    unexplained = len(left) - explained
+    if max_unexplained is not None and unexplained > max_unexplained:
+        print(f"{unexplained} survivors without a reason (at most {max_unexplained} allowed)")
+        return 1
     return 0 if score >= min_score else 1
 
 
@@ -826,6 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--seed", default="", help="what picks the --max-mutants sample")
     parser.add_argument(
+        "--or-sample", type=int, metavar="N",
+        help="with --changed-since: when nothing in scope changed, sample N mutants of all targets",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-unexplained", type=int, metavar="N",
+        help="exit 1 when more than N survivors are not known equivalents (CI: 0)",
+    )  # fmt: skip
+    parser.add_argument(
         "--only", action="append", metavar="GLOB",
         help="only mutants whose mutmut name matches (repeatable), e.g. 'webhook.admission.*'",
     )  # fmt: skip
@@ -837,6 +861,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(ROOT)  # mutmut reads pyproject.toml from, and writes mutants/ to, the cwd
     if args.max_mutants is not None and args.max_mutants < 1:
         parser.error("--max-mutants must be at least 1")
+    if args.or_sample is not None and (args.or_sample < 1 or not args.changed_since):
+        parser.error("--or-sample needs --changed-since and must be at least 1")
 
     targets, names = select(args)
     if not targets or names == []:
@@ -856,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "longer matches list_mutants (a mutmut upgrade?)"
         )
     print(f"mutate: {len(mutants)} mutants in {time.monotonic() - started:.0f} s")
-    return report(mutants, args.min_score)
+    return report(mutants, args.min_score, args.max_unexplained)
 
 
 if __name__ == "__main__":
