@@ -25,7 +25,7 @@ from webhook.policy.checker import Checker
 from webhook.policy.model import ImagePolicy
 from webhook.registry.auth import Keyring
 from webhook.registry.client import RegistryClient
-from webhook.report.policyreport import report_name
+from webhook.report.policyreport import WorkloadRef, report_name
 from webhook.settings import RegistrySettings
 
 pytestmark = pytest.mark.integration
@@ -145,14 +145,18 @@ async def scan(
 
 
 def results_by_resource(outcome_reports: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
-    """{"Kind/name": {rule: result}} of the namespace's imagegate report."""
+    """{"Kind/name": {rule: result}} of the namespace's imagegate reports (one per workload)."""
     found: dict[str, dict[str, str]] = {}
     for report in outcome_reports:
         meta = report["metadata"]
         if report["kind"] != "PolicyReport" or meta.get("namespace") != namespace:
             continue
-        assert meta["name"] == report_name(namespace)
+        scope = report["scope"]
+        workload = WorkloadRef(scope["apiVersion"], scope["kind"], namespace, scope["name"])
+        assert meta["name"] == report_name(workload), "one report per workload"
+        assert meta["ownerReferences"][0]["uid"] == scope["uid"]
         for r in report["results"]:
+            assert r["resources"] == [scope]
             res = r["resources"][0]
             found.setdefault(f"{res['kind']}/{res['name']}", {})[r["rule"]] = r["result"]
     return found

@@ -39,7 +39,8 @@ pytestmark = pytest.mark.integration
 
 REGENERATE = (
     "run `.venv/bin/python hack/golden_check_output.py`, then "
-    "`IMAGEGATE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_report_render.py`, "
+    "`IMAGEGATE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_report_render.py "
+    "tests/unit/test_report_policyreport.py`, "
     "and review the diff of tests/golden/report/"
 )
 

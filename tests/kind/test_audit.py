@@ -1,6 +1,6 @@
 """Audit mode on kind: a violating workload is admitted and runs, and its violations become
-PolicyReports (from the webhook and the operator's background audit), Warning Events, and the
-rows `imagegate report --from-cluster` prints."""
+PolicyReports (from the webhook and the operator's background audit: one per workload, owned by
+it), Warning Events, and the rows `imagegate report --from-cluster` prints."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.kind.harness import Kind
 from tests.support.manifests import deployment
+from tests.support.policy_reporter import collisions
 
 
 def test_a_running_workload_in_audit_mode_is_reported_and_imagegate_report_reads_it(
@@ -39,6 +40,20 @@ def test_a_running_workload_in_audit_mode_is_reported_and_imagegate_report_reads
     assert verdicts.get("single-entrypoint") == "pass", results
     assert {r["resources"][0]["kind"] for r in results} == {"Deployment"}, results
 
+    # one report for the Deployment: scope and owner are the Deployment itself
+    uid = kind.get("deployment", "legacy", audit_namespace)["metadata"]["uid"]
+    report = kind.get("policyreports", "imagegate-deployment-legacy", audit_namespace)
+    assert report["scope"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "legacy",
+        "namespace": audit_namespace, "uid": uid,
+    }  # fmt: skip
+    assert report["metadata"]["ownerReferences"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "legacy", "uid": uid}
+    ]
+    assert all(r["properties"].get("resultID") for r in report["results"]), report
+    assert collisions([report]) == {}, "Policy Reporter would drop results"
+    assert not kind.items("clusterpolicyreports", selector="app.kubernetes.io/managed-by=imagegate")
+
     def warned() -> str | None:  # by the operator's scan (every 30 s in this suite)
         messages = [
             e["message"]
@@ -62,3 +77,15 @@ def test_a_running_workload_in_audit_mode_is_reported_and_imagegate_report_reads
     assert audit_namespace in rows
     assert "legacy" in rows
     assert "non-root-user" in rows
+
+    # the garbage collector removes the report with the Deployment
+    kind.kubectl("delete", "deployment", "legacy", "-n", audit_namespace, "--wait=false")
+
+    def report_gone() -> bool | None:
+        names = [r["metadata"]["name"] for r in kind.items("policyreports", audit_namespace)]
+        return True if "imagegate-deployment-legacy" not in names else None
+
+    kind.wait_for(
+        "the report of Deployment legacy to be garbage-collected", report_gone, 60,
+        lambda: kind.kubectl("get", "policyreports", "-n", audit_namespace, "-o", "yaml").stdout,
+    )  # fmt: skip

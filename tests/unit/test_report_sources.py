@@ -87,18 +87,56 @@ def test_rows_are_sorted() -> None:
 
 
 def test_a_single_policy_report(tmp_path: Path) -> None:
-    shop = next(
-        i for i in load(POLICY_REPORTS)["items"] if i["metadata"]["name"] == "imagegate-shop"
+    cart = next(
+        i
+        for i in load(POLICY_REPORTS)["items"]
+        if i["metadata"]["name"] == "imagegate-deployment-cart"
     )
-    rows = report_from_file(write(tmp_path, shop), NOW).rows
-    assert len(rows) == sum(shop["summary"].values())
-    assert {r.namespace for r in rows} == {"shop"}
+    rows = report_from_file(write(tmp_path, cart), NOW).rows
+    assert len(rows) == sum(cart["summary"].values()) == 10
+    assert {(r.namespace, r.kind, r.workload) for r in rows} == {("shop", "Deployment", "cart")}
 
 
-def test_the_cluster_summary_alone_has_no_rows(tmp_path: Path) -> None:
-    cluster = load(POLICY_REPORTS)["items"][-1]
-    assert cluster["kind"] == "ClusterPolicyReport"
+def test_a_cluster_summary_of_an_earlier_version_alone_has_no_rows(tmp_path: Path) -> None:
+    """Versions before per-workload reports wrote a ClusterPolicyReport with counts only:
+    reading it adds nothing (its results are in the PolicyReports)."""
+    cluster = {
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "ClusterPolicyReport",
+        "metadata": {"name": "imagegate-cluster-summary"},
+        "summary": {"pass": 36, "fail": 8, "warn": 0, "error": 1, "skip": 0},
+        "results": [],
+    }
     assert report_from_file(write(tmp_path, cluster), NOW).rows == []
+
+
+def test_rows_show_the_checks_words_not_the_per_container_suffix() -> None:
+    """Report messages end with the container and image (so Policy Reporter keeps every
+    result); rows already say both, and equal problems of an image stay one problem."""
+    rows = report_from_file(POLICY_REPORTS, NOW).rows
+    assert all("(container " not in r.message for r in rows)
+    shipper = {r.message for r in rows if r.container == "log-shipper" and r.rule == "size-budget"}
+    assert shipper == {"size-budget: the image fits the size budget"}
+
+
+def test_reports_of_earlier_versions_still_read(tmp_path: Path) -> None:
+    """A per-namespace report as earlier versions wrote it (no scope, no resultID)."""
+    legacy = {
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "PolicyReport",
+        "metadata": {"name": "imagegate-shop", "namespace": "shop"},
+        "results": [
+            {
+                "source": "imagegate", "policy": "default", "rule": "non-root-user",
+                "result": "fail", "severity": "high", "message": "runs as root",
+                "resources": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                               "namespace": "shop"}],
+                "properties": {"container": "web", "image": "web:1"},
+            }
+        ],
+    }  # fmt: skip
+    [row] = report_from_file(write(tmp_path, legacy), NOW).rows
+    assert (row.workload, row.container, row.message) == ("web", "web", "runs as root")
 
 
 def test_results_of_other_tools_are_skipped(tmp_path: Path) -> None:
@@ -270,7 +308,7 @@ def test_every_rule_has_a_category_and_a_pass_message() -> None:
 def with_properties(**changed: Any) -> Any:
     """The layer PolicyReport with these properties changed in every result (None: removed)."""
     doc = load(CLUSTER_LAYERS)
-    for result in doc["results"]:
+    for result in (r for report in doc["items"] for r in report["results"]):
         for key, value in changed.items():
             if value is None:
                 result["properties"].pop(key, None)
@@ -418,3 +456,25 @@ def test_layer_analysis_survives_the_policy_report_the_cluster_writer_builds() -
                 layers, top_wasted=tuple(WastedFile(w.path, w.bytes) for w in layers.top_wasted)
             )
         assert written[image] == layers, image
+
+
+def test_per_workload_reports_of_real_check_output_add_up_like_the_check_output() -> None:
+    """`imagegate report` over the PolicyReports of two identical containers per image (the
+    golden check.policyreports.json, built from real check output) counts every check twice
+    and shows each image's problems once, in the check's own words."""
+    from webhook.report.summary import summarize
+
+    direct = summarize(report_from_file(CHECK_OUTPUT, NOW))
+    reports = summarize(report_from_file(GOLDEN / "check.policyreports.json", NOW))
+    assert reports.totals == {k: 2 * n for k, n in direct.totals.items()}
+    assert reports.workloads == 4
+    assert dict(reports.rules) == {
+        rule: {k: 2 * n for k, n in c.items()} for rule, c in direct.rules
+    }
+    by_image = {i.image: i for i in reports.images}
+    for image in direct.images:
+        mine = by_image[image.image]
+        assert mine.counts == {k: 2 * n for k, n in image.counts.items()}, image.image
+        fails = {k: p for k, p in image.problems.items() if p.result == "fail"}
+        assert {k: p for k, p in mine.problems.items() if p.result == "fail"} == fails
+        assert len(mine.problems) == len(image.problems), "one problem per rule, not per container"

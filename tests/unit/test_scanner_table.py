@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -338,7 +339,9 @@ class Writer:
     reports: list[list[dict[str, Any]]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
-    async def write_all(self, reports: list[dict[str, Any]]) -> None:
+    async def write_all(
+        self, reports: list[dict[str, Any]], *, keep_created_since: datetime | None = None
+    ) -> None:
         if self.fail_write:
             raise ClusterError("cannot write PolicyReports: 403 Forbidden", 403)
         self.reports.append(reports)
@@ -443,7 +446,7 @@ async def outcome_of(*objects: dict[str, Any]) -> ScanOutcome:
     return await scan.scan([policy(mode="audit")])
 
 
-async def test_record_writes_one_report_per_namespace_and_warns_violating_workloads() -> None:
+async def test_record_writes_one_report_per_workload_and_warns_violating_workloads() -> None:
     outcome = await outcome_of(
         obj("Pod", "a", pod_spec(ROOT, BIG)),
         obj("Pod", "b", pod_spec(GOOD)),
@@ -453,11 +456,12 @@ async def test_record_writes_one_report_per_namespace_and_warns_violating_worklo
     scan, _, _ = scanner(Row(()), writer)
     await scan.record(outcome)
     [reports] = writer.reports
-    assert [(r["kind"], r["metadata"].get("namespace")) for r in reports] == [
-        ("PolicyReport", "team-a"),
-        ("PolicyReport", "team-b"),
-        ("ClusterPolicyReport", None),
+    assert [(r["metadata"]["namespace"], r["metadata"]["name"]) for r in reports] == [
+        ("team-a", "imagegate-pod-a"),
+        ("team-a", "imagegate-pod-b"),
+        ("team-b", "imagegate-pod-c"),
     ]
+    assert {r["kind"] for r in reports} == {"PolicyReport"}
     # an inspection error is reported, but it is not a violation to warn about
     assert writer.events == [
         ("Pod/a", VIOLATION_REASON, "imagegate: 2 violations: non-root-user, size-budget")

@@ -1,15 +1,15 @@
-"""Writing PolicyReports, ClusterPolicyReports and Events to the Kubernetes API.
+"""Writing PolicyReports and Events to the Kubernetes API.
 
-The report objects themselves are built elsewhere (`webhook.report.policyreport`); this module
-only stores them, as given:
+The report objects themselves are built elsewhere (`webhook.report.policyreport`: one
+PolicyReport per workload); this module only stores them, as given:
 
 * `write_all` — the background scan's full picture: every report created or replaced, and the
-  imagegate-managed reports that are not in the new set deleted (so results of deleted
-  workloads and namespaces disappear);
-* `merge` — the webhook's batched admission records: each namespace's report is combined with
-  the stored one (by a function the caller gives: what merging means is report vocabulary,
-  `webhook.report.policyreport.merge_report`), and the cluster summary is recounted from every
-  stored report;
+  imagegate-managed reports that are not in the new set deleted (so reports of deleted
+  workloads and namespaces disappear even where no garbage collector follows their
+  ownerReferences, and the per-namespace reports and cluster summary of earlier versions go);
+* `merge` — the webhook's batched admission records: each report is combined with the stored
+  one (by a function the caller gives: what merging means is report vocabulary,
+  `webhook.report.policyreport.merge_report`); it never deletes;
 * `read_all` — every (Cluster)PolicyReport of the cluster, whoever wrote it;
 * `emit_event` — a core/v1 Event on a workload, not repeated for the same workload and message
   within `event_dedupe_seconds`.
@@ -30,14 +30,13 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final, Protocol, TypeVar, cast
 
-from webhook.errors import ClusterConflict, ClusterError, ClusterNotFound
+from webhook.errors import ClusterConflict, ClusterError, ClusterForbidden, ClusterNotFound
 from webhook.k8s.calls import call
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# combine(stored or None, new) -> the body to store; summarize(stored PolicyReports) -> a report
+# combine(stored or None, new) -> the body to store
 Combine = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], dict[str, Any]]
-Summarize = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 GROUP: Final = "wgpolicyk8s.io"
 VERSION: Final = "v1alpha2"
@@ -94,9 +93,13 @@ class ReportWriter:
 
     # ---- reports -------------------------------------------------------------------------
 
-    async def write_all(self, reports: list[dict[str, Any]]) -> None:
+    async def write_all(
+        self, reports: list[dict[str, Any]], *, keep_created_since: datetime | None = None
+    ) -> None:
         """Create or replace every report, then delete the managed reports not in `reports`.
 
+        Reports created at or after `keep_created_since` (the scan's start) are not deleted:
+        the admission recorder wrote them for workloads the scan could not have seen yet.
         Raises `ClusterError` (after trying every report) when one could not be written; the
         stale ones are then left alone, so a failed write never loses results.
         """
@@ -106,33 +109,22 @@ class ReportWriter:
         outcomes = await asyncio.gather(
             *(self._bounded(self._put(r)) for r in reports), return_exceptions=True
         )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure
-        if failures:
-            raise ClusterError(
-                f"{len(failures)} of {len(reports)} reports not written: "
-                + "; ".join(str(f) for f in failures[:3])
-            )
-        stale = [obj for obj in await self._managed() if _identity(obj) not in keep]
+        _raise_failures(outcomes, len(reports))
+        stale = [
+            obj
+            for obj in await self._managed()
+            if _identity(obj) not in keep and not _created_since(obj, keep_created_since)
+        ]
         await asyncio.gather(*(self._bounded(self._delete(obj)) for obj in stale))
 
-    async def merge(
-        self, reports: list[dict[str, Any]], combine: Combine, summarize: Summarize
-    ) -> None:
-        """Merge batched records into the stored reports (see module doc).
-
-        Each PolicyReport of `reports` is stored as `combine(stored, new)` (`stored` is None
-        when there is none yet), read again and combined again when a concurrent writer got in
-        between. When `reports` has a ClusterPolicyReport, `summarize(every managed
-        PolicyReport)` is then stored in its place.
-        """
-        namespaced = [r for r in reports if r.get("kind") == POLICY_REPORT]
-        await asyncio.gather(*(self._bounded(self._update(r, combine)) for r in namespaced))
-        if any(r.get("kind") == CLUSTER_POLICY_REPORT for r in reports):
-            managed = [o for o in await self._managed() if o.get("kind") == POLICY_REPORT]
-            await self._put(summarize(managed))
+    async def merge(self, reports: list[dict[str, Any]], combine: Combine) -> None:
+        """Store each report of `reports` as `combine(stored, new)` (`stored` is None when
+        there is none yet), read again and combined again when a concurrent writer got in
+        between. Raises `ClusterError` (after trying every report) when one was not stored."""
+        outcomes = await asyncio.gather(
+            *(self._bounded(self._update(r, combine)) for r in reports), return_exceptions=True
+        )
+        _raise_failures(outcomes, len(reports))
 
     async def read_all(self) -> list[dict[str, Any]]:
         """Every PolicyReport in all namespaces, then every ClusterPolicyReport (any source)."""
@@ -145,10 +137,13 @@ class ReportWriter:
             return await work
 
     async def _managed(self) -> list[dict[str, Any]]:
-        return [
-            *await self._list(PLURAL, self._selector),
-            *await self._list(CLUSTER_PLURAL, self._selector),
-        ]
+        """Every report this writer owns. ClusterPolicyReports are only the summary earlier
+        versions wrote: without the rights to list them there is nothing to clean up."""
+        try:
+            clustered = await self._list(CLUSTER_PLURAL, self._selector)
+        except ClusterForbidden:
+            clustered = []
+        return [*await self._list(PLURAL, self._selector), *clustered]
 
     async def _list(self, plural: str, selector: str | None) -> list[dict[str, Any]]:
         kind = POLICY_REPORT if plural == PLURAL else CLUSTER_POLICY_REPORT
@@ -286,6 +281,36 @@ class ReportWriter:
         )
         self._emitted[key] = now
         return True
+
+
+def _raise_failures(outcomes: list[Any], total: int) -> None:
+    """One `ClusterError` for the writes that failed (anything but an Exception as it is)."""
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, Exception):
+            raise failure
+    if failures:
+        raise ClusterError(
+            f"{len(failures)} of {total} reports not written: "
+            + "; ".join(str(f) for f in failures[:3])
+        )
+
+
+def _created_since(obj: Mapping[str, Any], moment: datetime | None) -> bool:
+    """Whether `obj` was created at or after `moment`; False when either is unknown. The API
+    server records whole seconds: a report created in the second `moment` falls in counts as
+    older (a scan's own earlier reports are never kept by mistake; a report the recorder
+    wrote within that second waits for the next admission or scan)."""
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    if moment is None or not isinstance(created, str):
+        return False
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when >= moment
 
 
 def _replacement(stored: Mapping[str, Any] | None, report: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 `Scanner.scan` lists the workloads (each once, at its top-level owner: a Deployment, not its
 ReplicaSets and Pods), checks every container image with the credentials the kubelet would pull
 it with, and returns the results as `ReportEntry`s. `Scanner.record` stores them: one
-PolicyReport per namespace plus the cluster summary (replacing the previous scan's, so results
-of deleted workloads disappear), and a Warning Event on each workload with violations.
+PolicyReport per workload, owned by it (replacing the previous scan's, and deleting the reports
+of workloads that are gone, except those the admission recorder wrote since the scan started),
+and a Warning Event on each workload with violations.
 
 Scale: a check is the same for every container with the same image, applicable policies,
 container context (command, args, users) and credentials, so each distinct one runs once per
@@ -161,7 +162,10 @@ class Scanner:
         if self._writer is None:
             return
         writer = self._writer
-        await writer.write_all(build_policy_reports(outcome.entries, outcome.started_at))
+        await writer.write_all(
+            build_policy_reports(outcome.entries, outcome.started_at),
+            keep_created_since=outcome.started_at,
+        )
         limit = asyncio.Semaphore(EVENT_CONCURRENCY)
 
         async def warn(workload: WorkloadRef, rules: list[str]) -> None:

@@ -3,16 +3,27 @@
 The format Kyverno, Kubewarden and Policy Reporter read. Pure functions, no I/O: the cluster
 writer (operator, webhook) decides when to write; this module decides what.
 
-Layout:
+Layout (as Kyverno's per-resource reports, so Policy Reporter and `kubectl get polr` show who
+each report is about):
 
-* one namespaced `PolicyReport` per namespace, named `imagegate-<namespace>`, labelled
-  `app.kubernetes.io/managed-by: imagegate`;
-* in it one result per (workload container, policy, rule): every enabled rule of every policy
-  that applied to the container's image gets a result, so pass counts mean something;
-* one cluster-scoped `ClusterPolicyReport` `imagegate-cluster-summary` whose `summary` adds up
-  every namespace (it carries no results: they live in the namespaced reports);
-* a batch of admission records is merged into the stored report of its namespace
-  (`merge_report`): the results of the resources it names replace theirs, the others stay.
+* one namespaced `PolicyReport` per workload: the top owner the background scan and the
+  admission recorder attribute results to (a Deployment, StatefulSet, DaemonSet, Job, CronJob,
+  or a bare Pod). It carries `scope` (the workload as an ObjectReference) and, when the uid is
+  known, an ownerReference to the workload, so the garbage collector removes it with the
+  workload. Its name is `imagegate-<kind>-<name>` (`report_name`: hashed when that is not a
+  valid name or too long); it is labelled `app.kubernetes.io/managed-by: imagegate`;
+* in it one result per (container, policy, rule): every enabled rule of every policy that
+  applied to the container's image gets a result, so pass counts mean something;
+* every result has a stable `properties.resultID`, and its message names the container and the
+  image: Policy Reporter keys results by a hash of resource, policy, rule, result, category and
+  message, and drops all but one of equal keys;
+* a report never grows past `MAX_REPORT_BYTES` (etcd refuses objects over 1.5 MiB): problems
+  are kept first, and what had to be left out is counted in the `imagegate.dev/omitted-results`
+  annotation;
+* there is no cluster summary: `imagegate report` adds the reports up (a ClusterPolicyReport
+  with counts but no results would count everything twice for anything that sums reports);
+* a batch of admission records replaces the results of its workloads' reports (`merge_report`),
+  keeping what others wrote in the stored metadata.
 
 Result mapping (Kyverno's convention: the result says whether the resource complies, the
 policy's mode says what admission did about it):
@@ -32,7 +43,9 @@ Every property value is a string, as the CRD requires.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,9 +63,18 @@ CLUSTER_POLICY_REPORT: Final = "ClusterPolicyReport"
 SOURCE: Final = "imagegate"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "imagegate"
-CLUSTER_SUMMARY_NAME: Final = "imagegate-cluster-summary"
-NAMESPACES_ANNOTATION: Final = "imagegate.dev/namespaces"
 REPORT_NAME_PREFIX: Final = "imagegate-"
+WORKLOAD_KIND_LABEL: Final = "imagegate.dev/workload-kind"
+WORKLOAD_NAME_LABEL: Final = "imagegate.dev/workload-name"
+WORKLOAD_UID_LABEL: Final = "imagegate.dev/workload-uid"
+OMITTED_ANNOTATION: Final = "imagegate.dev/omitted-results"
+RESULT_ID: Final = "resultID"  # the property Policy Reporter takes as the result's id
+NAME_LIMIT: Final = 253  # a DNS subdomain: the longest object name
+LABEL_LIMIT: Final = 63  # the longest label value
+HASH_CHARS: Final = 10
+# What a report's results may take, as compact JSON: well under etcd's 1.5 MiB request limit,
+# leaving room for metadata, managedFields and the API server's own encoding.
+MAX_REPORT_BYTES: Final = 1_000_000
 INSPECTION_RULE: Final = "inspection"
 DAEMON_PREFIX: Final = "docker-daemon:"
 
@@ -170,8 +192,67 @@ class ReportEntry:
         return PolicyInfo(mode=known) if known is not None else PolicyInfo()
 
 
-def report_name(namespace: str) -> str:
-    return f"{REPORT_NAME_PREFIX}{namespace}"
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+
+
+def report_name(workload: WorkloadRef) -> str:
+    """`imagegate-<kind>-<name>`: the same for a workload on every write, from any writer.
+
+    Names the API server gave are valid subdomains; when the result would not be one or would
+    be too long it is cut and ends in a hash of the kind and name instead. A plain name is
+    always shorter than `NAME_LIMIT` and the hashed one of a name too long is exactly that
+    long, so no workload can pick a name that takes another's report (only names the API
+    server never gives, such as a bare generateName, get shorter hashed names).
+    """
+    plain = f"{REPORT_NAME_PREFIX}{workload.kind.lower()}-{workload.name}"
+    if len(plain) < NAME_LIMIT and _SUBDOMAIN.fullmatch(plain):
+        return plain
+    return _hashed(plain, NAME_LIMIT, f"{workload.kind}/{workload.name}")
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value: itself when valid, else cut and ending in a hash of it."""
+    if len(text) <= LABEL_LIMIT and _LABEL_VALUE.fullmatch(text):
+        return text
+    return _hashed(text, LABEL_LIMIT, text)
+
+
+def _hashed(text: str, limit: int, seed: str) -> str:
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:HASH_CHARS]
+    # only [a-z0-9-], starting with a letter or digit: valid as a name and as a label value
+    head = re.sub(r"[^a-z0-9-]", "-", text.lower()).lstrip("-")[: limit - HASH_CHARS - 1]
+    return f"{head}-{digest}" if head else digest
+
+
+def result_id(
+    workload: WorkloadRef, container: str, image: str, policy: str, rule: str, result: str
+) -> str:
+    """`properties.resultID`: the same result gets the same id on every scan and admission
+    (no timestamp, no message: a result whose wording changes is still the same result), so
+    Policy Reporter neither drops it as a duplicate nor notifies it again as new."""
+    parts = (
+        workload.namespace, workload.kind, workload.name, workload.uid,
+        container, image, policy, rule, result,
+    )  # fmt: skip
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def where(container: str, image: str) -> str:
+    """The suffix that makes every message of a report unique: each container is in the
+    report once, and Policy Reporter's id hashes the message, not the properties."""
+    return f" (container {container}, image {image})"
+
+
+def plain_message(result: Mapping[str, Any]) -> str:
+    """A result's message without the container suffix `results_of` added (the check's own
+    words, the same for every container that runs the image)."""
+    message = str(result.get("message", ""))
+    props = result.get("properties")
+    if not isinstance(props, Mapping):
+        return message
+    suffix = where(str(props.get("container", "")), str(props.get("image", "")))
+    return message.removesuffix(suffix)
 
 
 def timestamp(moment: datetime) -> dict[str, int]:
@@ -187,12 +268,14 @@ def results_of(entry: ReportEntry, now: datetime) -> list[dict[str, Any]]:
     r = entry.result
     when = timestamp(entry.checked_at or now)
     resource = [entry.workload.to_json()]
+    suffix = where(entry.container, r.image)
     out: list[dict[str, Any]] = []
     for policy in dict.fromkeys(r.policies):
         info = entry.info(policy)
         if r.verdict == "error":
             props = _properties(entry, info) | {"onError": str(info.on_error)}
             message = f"cannot be inspected (onError: {info.on_error}): {r.error or 'unknown'}"
+            message += suffix
             out.append(
                 _result(policy, INSPECTION_RULE, "error", "high", message, when, resource, props)
             )
@@ -209,12 +292,17 @@ def results_of(entry: ReportEntry, now: datetime) -> list[dict[str, Any]]:
             props = _properties(entry, info)
             if v is None:
                 severity = str(info.rules.get(rule, DEFAULT_SEVERITIES.get(rule, "medium")))
-                message = f"{rule}: {PASS_MESSAGES.get(rule, 'the rule passes')}"
+                message = f"{rule}: {PASS_MESSAGES.get(rule, 'the rule passes')}{suffix}"
                 out.append(_result(policy, rule, "pass", severity, message, when, resource, props))
             else:
+                message = v.message + suffix
                 out.append(
-                    _result(policy, rule, "fail", str(v.severity), v.message, when, resource, props)
+                    _result(policy, rule, "fail", str(v.severity), message, when, resource, props)
                 )
+    for res in out:
+        res["properties"][RESULT_ID] = result_id(
+            entry.workload, entry.container, r.image, res["policy"], res["rule"], res["result"]
+        )
     return out
 
 
@@ -338,93 +426,128 @@ def summary_of(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def build_namespace_report(
-    namespace: str, entries: Iterable[ReportEntry], now: datetime
+def build_workload_report(
+    workload: WorkloadRef, entries: Iterable[ReportEntry], now: datetime
 ) -> dict[str, Any]:
-    """The PolicyReport of one namespace (entries of other namespaces are ignored)."""
-    results = [
-        res for e in entries if e.workload.namespace == namespace for res in results_of(e, now)
-    ]
-    results.sort(key=_result_key)
+    """The PolicyReport of one workload (entries of other workloads are ignored).
+
+    `scope` is the workload; the ownerReference is set only when its uid is known (one with an
+    empty uid would be refused). Results beyond `MAX_REPORT_BYTES` are left out (`_capped`).
+    """
+    mine = [e for e in entries if _same_workload(e.workload, workload)]
+    results, omitted = _capped(sorted((r for e in mine for r in results_of(e, now)), key=_key))
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        WORKLOAD_KIND_LABEL: label_value(workload.kind),
+        WORKLOAD_NAME_LABEL: label_value(workload.name),
+    }
+    metadata: dict[str, Any] = {
+        "name": report_name(workload),
+        "namespace": workload.namespace,
+        "labels": labels,
+    }
+    if workload.uid:
+        labels[WORKLOAD_UID_LABEL] = label_value(workload.uid)
+        metadata["ownerReferences"] = [owner_reference(workload)]
+    if any(omitted.values()):
+        metadata["annotations"] = {OMITTED_ANNOTATION: json.dumps(omitted, sort_keys=True)}
     return {
         "apiVersion": API_VERSION,
         "kind": POLICY_REPORT,
-        "metadata": {
-            "name": report_name(namespace),
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-        },
+        "metadata": metadata,
+        "scope": workload.to_json(),
         "summary": summary_of(results),
         "results": results,
     }
 
 
-def build_cluster_summary(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The ClusterPolicyReport `imagegate-cluster-summary`: every namespace's summary added up.
-
-    `reports` are the namespaces' PolicyReports, as built or as read back from the cluster
-    (other kinds are skipped, missing counts are zeros).
-    """
-    total: dict[str, int] = dict.fromkeys(RESULTS, 0)
-    namespaces: dict[str, dict[str, int]] = {}
-    for report in reports:
-        if report.get("kind") != POLICY_REPORT:
-            continue
-        summary = report.get("summary") or {}
-        ns = str((report.get("metadata") or {}).get("namespace", ""))
-        counts = namespaces.setdefault(ns, dict.fromkeys(RESULTS, 0))
-        for k in RESULTS:
-            n = int(summary.get(k) or 0)
-            counts[k] += n
-            total[k] += n
+def owner_reference(workload: WorkloadRef) -> dict[str, str]:
+    """The report's owner: the garbage collector deletes the report with the workload. Not a
+    controller reference and no blockOwnerDeletion (that needs delete rights on the owner)."""
     return {
-        "apiVersion": API_VERSION,
-        "kind": CLUSTER_POLICY_REPORT,
-        "metadata": {
-            "name": CLUSTER_SUMMARY_NAME,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {NAMESPACES_ANNOTATION: json.dumps(namespaces, sort_keys=True)},
-        },
-        "summary": total,
-        "results": [],
+        "apiVersion": workload.api_version,
+        "kind": workload.kind,
+        "name": workload.name,
+        "uid": workload.uid,
     }
 
 
 def build_policy_reports(entries: Iterable[ReportEntry], now: datetime) -> list[dict[str, Any]]:
-    """One PolicyReport per namespace that has entries (sorted by namespace), then the
-    ClusterPolicyReport summary (always present, zeros when there is nothing)."""
+    """One PolicyReport per workload that has results, sorted by namespace, kind and name.
+
+    Entries of one workload (namespace, kind, name) share its report; a uid any of them knows
+    is the workload's. A workload whose containers no policy applies to gets no report.
+    """
     entries = list(entries)
-    namespaces = sorted({e.workload.namespace for e in entries})
-    reports = [build_namespace_report(ns, entries, now) for ns in namespaces]
-    return [*reports, build_cluster_summary(reports)]
+    workloads: dict[tuple[str, str, str], WorkloadRef] = {}
+    for e in entries:
+        w = e.workload
+        key = (w.namespace, w.kind, w.name)
+        if key not in workloads or (w.uid and not workloads[key].uid):
+            workloads[key] = w
+    reports = [build_workload_report(workloads[k], entries, now) for k in sorted(workloads)]
+    return [r for r in reports if r["results"]]
+
+
+def _same_workload(a: WorkloadRef, b: WorkloadRef) -> bool:
+    return (a.namespace, a.kind, a.name) == (b.namespace, b.kind, b.name)
+
+
+_KEEP_FIRST: Final = {"error": 0, "fail": 1, "warn": 2, "pass": 3, "skip": 4}
+
+
+def _capped(
+    results: list[dict[str, Any]], budget: int = MAX_REPORT_BYTES
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The results that fit `budget` bytes of JSON (problems first, then in order), and how
+    many of each outcome were left out. Only a workload with hundreds of containers, or
+    policies with huge messages, ever gets here; the summary counts what the report holds."""
+    omitted: dict[str, int] = dict.fromkeys(RESULTS, 0)
+    sizes = [len(json.dumps(r, separators=(",", ":"))) + 1 for r in results]
+    if sum(sizes) <= budget:
+        return results, omitted
+    order = sorted(
+        range(len(results)),
+        key=lambda i: (_KEEP_FIRST.get(str(results[i].get("result")), 5), i),
+    )
+    kept: list[int] = []
+    used = 0
+    for i in order:
+        if used + sizes[i] <= budget:
+            kept.append(i)
+            used += sizes[i]
+        else:
+            omitted[str(results[i].get("result"))] += 1
+    return [results[i] for i in sorted(kept)], omitted
 
 
 def merge_report(stored: Mapping[str, Any] | None, report: Mapping[str, Any]) -> dict[str, Any]:
-    """The namespace PolicyReport `report` merged into its `stored` version (None: not stored).
+    """The workload PolicyReport `report` stored over `stored` (None: not stored yet).
 
-    The results of the resources (kind/name) that `report` has results for replace the stored
-    results of those resources; the other stored results stay. The stored metadata is kept
-    (with `report`'s labels added) and the summary is recounted.
+    The results are `report`'s (they are the workload's latest); the stored metadata is kept
+    (labels and annotations others added, the resourceVersion) with `report`'s labels,
+    annotations and ownerReferences over it. Results of anything but the report's workload
+    that the stored object held are dropped: nobody else's results belong in it.
     """
-    new = [r for r in report.get("results") or [] if isinstance(r, Mapping)]
     body = dict(report)
-    if stored is None:
-        body["summary"] = summary_of(new)
-        return body
-    replaced = {_resource_of(r) for r in new}
-    kept = [
-        r
-        for r in stored.get("results") or []
-        if isinstance(r, Mapping) and _resource_of(r) not in replaced
-    ]
-    metadata = dict(stored.get("metadata") or {})
-    metadata["labels"] = {
-        **(metadata.get("labels") or {}),
-        **((report.get("metadata") or {}).get("labels") or {}),
-    }
-    body["metadata"] = metadata
-    body["results"] = sorted([*kept, *new], key=_result_key)
+    body["results"] = [r for r in report.get("results") or [] if isinstance(r, Mapping)]
     body["summary"] = summary_of(body["results"])
+    if stored is None:
+        return body
+    new_meta = report.get("metadata") or {}
+    metadata = dict(stored.get("metadata") or {})
+    metadata["labels"] = {**(metadata.get("labels") or {}), **(new_meta.get("labels") or {})}
+    annotations = {
+        k: v for k, v in (metadata.get("annotations") or {}).items() if k != OMITTED_ANNOTATION
+    }
+    annotations |= new_meta.get("annotations") or {}
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    if new_meta.get("ownerReferences"):
+        metadata["ownerReferences"] = new_meta["ownerReferences"]
+    body["metadata"] = metadata
     return body
 
 
@@ -435,7 +558,7 @@ def _resource_of(result: Mapping[str, Any]) -> tuple[str, str]:
     return str(first.get("kind", "")), str(first.get("name", ""))
 
 
-def _result_key(result: Mapping[str, Any]) -> tuple[str, ...]:
+def _key(result: Mapping[str, Any]) -> tuple[str, ...]:
     props = result.get("properties") or {}
     rule = str(result.get("rule", ""))
     return (
@@ -457,15 +580,19 @@ def is_imagegate_result(result: Mapping[str, Any]) -> bool:
 def report_results(objs: Iterable[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
     """(namespace, result) for every imagegate result of every (Cluster)PolicyReport in `objs`.
 
-    Results of other sources (Kyverno, Kubewarden…) in the same reports are skipped.
+    Results of other sources (Kyverno, Kubewarden…) in the same reports are skipped. A result
+    without `resources` is about the report's `scope` (as in Kyverno's per-resource reports).
     """
     out: list[tuple[str, Mapping[str, Any]]] = []
     for obj in objs:
         if obj.get("kind") not in (POLICY_REPORT, CLUSTER_POLICY_REPORT):
             continue
         namespace = str((obj.get("metadata") or {}).get("namespace") or "")
+        scope = obj.get("scope")
         for result in obj.get("results") or []:
             if isinstance(result, Mapping) and is_imagegate_result(result):
+                if not result.get("resources") and isinstance(scope, Mapping):
+                    result = {**result, "resources": [scope]}
                 out.append((namespace, result))
     return out
 
@@ -510,11 +637,11 @@ def _entry(
         rp = result.get("properties") or {}
         severity = _severity(result.get("severity"))
         if outcome == "error":
-            errors.append(_error_reason(str(result.get("message", ""))))
+            errors.append(_error_reason(plain_message(result)))
         elif rule:
             rules[policy][rule] = severity
             if outcome in ("fail", "warn"):
-                violations.append(Violation(rule, str(result.get("message", "")), severity, policy))
+                violations.append(Violation(rule, plain_message(result), severity, policy))
         mode = _enum(Mode, rp.get("mode"), Mode.enforce)
         on_error = _enum(OnError, rp.get("onError"), OnError.deny)
         policies[policy] = PolicyInfo(mode, on_error, rules[policy])

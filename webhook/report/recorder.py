@@ -1,8 +1,8 @@
 """Recording admission decisions as PolicyReports, batched.
 
 The webhook answers in milliseconds and must not write to the API server on every review:
-entries collect here and are merged into the namespaces' PolicyReports every few seconds
-(the latest result per workload container wins).
+entries collect here and every few seconds each workload's PolicyReport is replaced by its
+latest results (the latest result per workload container wins).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from webhook.report.policyreport import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     ReportEntry,
-    build_cluster_summary,
     build_policy_reports,
     merge_report,
 )
@@ -47,7 +46,7 @@ class ReportRecorder:
             return
         entries, self._pending = list(self._pending.values()), {}
         reports: list[dict[str, Any]] = build_policy_reports(entries, dt.datetime.now(dt.UTC))
-        await self._writer.merge(reports, merge_report, build_cluster_summary)
+        await self._writer.merge(reports, merge_report)
         log.info("recorded %d admission results in PolicyReports", len(entries))
 
     def start(self) -> None:

@@ -36,6 +36,7 @@ from webhook.report.policyreport import (
     RESULTS,
     ReportEntry,
     build_policy_reports,
+    plain_message,
     report_results,
 )
 
@@ -243,7 +244,7 @@ def rows_from_policy_reports(objs: Iterable[Mapping[str, Any]]) -> list[ReportRo
                 rule=str(result.get("rule", "")),
                 result=outcome if outcome in RESULTS else "error",
                 severity=str(result.get("severity", "")),
-                message=str(result.get("message", "")),
+                message=plain_message(result),  # one row per container already says which
                 policy=str(result.get("policy", "")),
                 namespace=str(res.get("namespace") or namespace),
                 kind=str(res.get("kind", "")),
