@@ -9,7 +9,8 @@ user would, and writes the output normalised (registry host and digests, which c
 every run: see ``tests/support/check_golden.py``). Then regenerate what is derived from it and
 review the diff::
 
-    IMAGEGATE_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_report_render.py
+    IMAGEGATE_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_report_render.py \
+        tests/unit/test_report_policyreport.py
     git diff tests/golden/report/
 
 ``tests/integration/test_report_golden_chain.py`` runs the same check in the test suite and
