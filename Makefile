@@ -93,6 +93,8 @@ chaos: venv
 bench: engine venv tools
 	$(VENV)/bin/python bench/bench_check.py
 	$(VENV)/bin/python bench/bench_webhook.py
+	$(VENV)/bin/python bench/bench_warm.py
+	$(VENV)/bin/python bench/bench_cold.py
 	$(VENV)/bin/python bench/bench_scan.py
 	$(VENV)/bin/python bench/bench_memory.py
 	$(VENV)/bin/python bench/bench_isolation.py

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import httpx  # noqa: E402
 
+from bench.wrk import median, wrk  # noqa: E402
 from tests.fixtures.images import build_fixtures, push_unique  # noqa: E402
 from tests.integration.reviews import (  # noqa: E402
     container,
@@ -45,29 +45,6 @@ COLD = 100
 ROUNDS = 5
 CONNECTIONS = 16
 REQUIRED_RATIO = 0.7
-
-
-def wrk(url: str, body: Path) -> tuple[float, float, float]:
-    """Requests/s, p50 and p99 latency in ms."""
-    script = body.with_suffix(".lua")
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()\n'
-    )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rps, _latency(out, "50%"), _latency(out, "99%")
-
-
-def _latency(out: str, pct: str) -> float:
-    value, unit = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def main() -> int:
@@ -104,17 +81,17 @@ def main() -> int:
                 _wait(bare_url, gate.ca)
                 bare_runs, gate_runs = [], []
                 for _ in range(ROUNDS):
-                    bare_runs.append(wrk(bare_url, body))
-                    gate_runs.append(wrk(f"{gate.url}/validate", body))
+                    bare_runs.append(wrk(bare_url, body, CONNECTIONS, SECONDS))
+                    gate_runs.append(wrk(f"{gate.url}/validate", body, CONNECTIONS, SECONDS))
                 fetches = cold_admissions(gate, registry, client)
             finally:
                 bare.terminate()
                 gate.stop()
         finally:
             registry.stop()
-    ratio = _median([r[0] for r in gate_runs]) / _median([r[0] for r in bare_runs])
+    ratio = median([r[0] for r in gate_runs]) / median([r[0] for r in bare_runs])
     for name, runs in (("bare FastAPI", bare_runs), ("imagegate /validate", gate_runs)):
-        rps, p50, p99 = (_median([r[i] for r in runs]) for i in range(3))
+        rps, p50, p99 = (median([r[i] for r in runs]) for i in range(3))
         print(
             f"{name:22} {rps:8,.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms  (median of "
             f"{', '.join(f'{r[0]:,.0f}' for r in runs)})"
@@ -147,10 +124,6 @@ def cold_admissions(gate: WebhookServer, registry: RegistryProcess, client: Any)
     manifests = await_requests(registry.log_path, "GET", f"/v2/{repo}/manifests/", 1, since=since)
     blobs = await_requests(registry.log_path, "GET", f"/v2/{repo}/blobs/", 1, since=since)
     return manifests, blobs
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _wait(url: str, ca: Path) -> None:

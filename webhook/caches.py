@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 from cachetools import TLRUCache
 from pydantic import BaseModel
 
-__all__ = ["ENTRY_OVERHEAD", "BoundedCache", "approx_size", "hashed_key"]
+__all__ = ["ENTRY_OVERHEAD", "SWEEP_SECONDS", "BoundedCache", "approx_size", "hashed_key"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -39,6 +39,9 @@ ENTRY_OVERHEAD = 512
 _MAX_DEPTH = 32
 _MAX_OBJECTS = 4096
 _ATOMIC = (str, bytes, bytearray, int, float, complex, type(None), bool, range)
+
+# How often reads look for expired entries to drop (writes always do, as cachetools does).
+SWEEP_SECONDS = 1.0
 
 
 def hashed_key(*parts: str) -> str:
@@ -126,8 +129,9 @@ class BoundedCache(TLRUCache[K, V, float]):
 
     `ttl` is None (kept until evicted), seconds for every entry, or a function of the value
     giving that entry's seconds (per-item TTL, for tokens that say when they expire); zero or
-    less keeps nothing. Expired entries are dropped on reads too (`in`, `[]`, `get`, `len`),
-    not only on writes, so their memory is given back even when nothing new is cached.
+    less keeps nothing. Expired entries are dropped on reads too (`in`, `[]`, `get`: at most
+    once per `SWEEP_SECONDS`; `len`), not only on writes, so their memory is given back even
+    when nothing new is cached; an expired entry is never returned.
     `timer` is injected by tests.
     """
 
@@ -149,6 +153,7 @@ class BoundedCache(TLRUCache[K, V, float]):
             return sizeof(value) + entry_overhead
 
         super().__init__(max_bytes, ttu, timer, getsizeof)
+        self._next_sweep = -math.inf
 
     def __setitem__(self, key: K, value: V) -> None:
         try:
@@ -156,12 +161,22 @@ class BoundedCache(TLRUCache[K, V, float]):
         except ValueError:  # cachetools' "value too large": over the whole budget
             self.pop(key, None)
 
+    def _sweep(self) -> None:
+        """Drop the expired entries, at most once per `SWEEP_SECONDS` of reads: a read of a
+        warm cache is a dict lookup, and scanning for dead entries on every one of them cost
+        the admission hot path more than the lookup. (An expired entry is never handed out
+        meanwhile: cachetools checks each entry's own expiry when it is read.)"""
+        now = self.timer()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_SECONDS
+            self.expire(now)
+
     def __getitem__(self, key: K) -> V:
-        self.expire()
+        self._sweep()
         return super().__getitem__(key)
 
     def __contains__(self, key: object) -> bool:
-        self.expire()
+        self._sweep()
         return super().__contains__(key)
 
     @overload
@@ -169,6 +184,8 @@ class BoundedCache(TLRUCache[K, V, float]):
     @overload
     def get(self, key: K, default: V | T) -> V | T: ...
     def get(self, key: K, default: object = None) -> object:
-        with self.timer as now:
-            self.expire(now)
-            return super().get(key, default)
+        self._sweep()
+        try:  # TLRUCache's own lookup: a missing or expired entry is a KeyError
+            return TLRUCache.__getitem__(self, key)
+        except KeyError:
+            return default

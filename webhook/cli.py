@@ -30,7 +30,7 @@ from webhook.policy.model import ImagePolicy
 from webhook.rebuild.engine import RebuildResult
 from webhook.registry.facts import Platform
 from webhook.report.check_output import render_table, to_json
-from webhook.settings import Settings
+from webhook.settings import Settings, WebhookSettings
 
 app = typer.Typer(
     name="imagegate",
@@ -157,6 +157,15 @@ def serve(
     ] = False,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Plain-HTTP port serving only /metrics (0: off; default 8081, "
+            "IMAGEGATE_WEBHOOK_METRICS_PORT).",
+        ),
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Serving certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
     self_signed: Annotated[
@@ -167,7 +176,26 @@ def serve(
         typer.Option("--san", help="DNS name or IP for --self-signed (repeatable)."),
     ] = None,
     cert_dir: Annotated[
-        Path | None, typer.Option(help="Where --self-signed writes ca.crt, tls.crt, tls.key.")
+        Path | None,
+        typer.Option(help="Where --self-signed or --cert-secret writes ca.crt, tls.crt, tls.key."),
+    ] = None,
+    cert_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Issue and rotate the certificates in this Secret of the webhook's namespace "
+            "(IMAGEGATE_NAMESPACE), keeping the caBundle of --cert-webhook current."
+        ),
+    ] = None,
+    cert_webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cert-webhook",
+            help="Validating/MutatingWebhookConfiguration whose caBundle to keep (repeatable).",
+        ),
+    ] = None,
+    cert_dns_name: Annotated[
+        list[str] | None,
+        typer.Option("--cert-dns-name", help="DNS name of the webhook Service (repeatable)."),
     ] = None,
     replacements: Annotated[
         Path | None, typer.Option(help="YAML file of sourceDigest → replacement pairs.")
@@ -180,6 +208,7 @@ def serve(
     from webhook import logs
     from webhook.admission.app import create_app
     from webhook.admission.server import run
+    from webhook.registry.tls import registry_ssl_context
 
     logs.configure(json_format=log_format == "json")
     with _exit_on_error():
@@ -190,9 +219,16 @@ def serve(
             policies_from_cluster or hook.policies_from_cluster,
             replacements or hook.replacements,
         )
+        hook.metrics_port = hook.metrics_port if metrics_port is None else metrics_port
+        if hook.metrics_port == port:
+            raise UsageError(f"--metrics-port {port}: the metrics port must differ from --port")
         if hook.policy is not None:
             load_policies(hook.policy)  # refuse to start on an invalid policy, with the reason
-        certs = _serving_certs(tls_cert, tls_key, self_signed, san, cert_dir)
+        registry_ssl_context(settings.registry.ca_file)  # a bad CA bundle: one line, not a trace
+        if (cert_secret or hook.cert_secret) and (tls_cert or tls_key or self_signed):
+            raise UsageError("use either --cert-secret or --tls-cert/--tls-key/--self-signed")
+        certs = _rotated_certs(hook, cert_secret, cert_webhook, cert_dns_name, cert_dir)
+        certs = certs or _serving_certs(tls_cert, tls_key, self_signed, san, cert_dir)
         if certs is None:
             stderr.print("warning: serving plain HTTP; the API server only calls HTTPS webhooks")
         app_ = create_app(settings)
@@ -201,7 +237,31 @@ def serve(
     run(
         app_, host, port, certs, hook.cert_reload_seconds, hook.shutdown_delay_seconds,
         head_timeout=hook.header_timeout_seconds, keep_alive=hook.keep_alive_seconds,
+        metrics_port=hook.metrics_port, metrics=app_.metrics_text,
     )  # fmt: skip
+
+
+def _rotated_certs(
+    hook: WebhookSettings,
+    secret: str | None,
+    webhooks: list[str] | None,
+    dns_names: list[str] | None,
+    cert_dir: Path | None,
+) -> CertFiles | None:
+    """With --cert-secret (or IMAGEGATE_WEBHOOK_CERT_SECRET): wait for the first certificate,
+    then keep rotating it in the background (`webhook.admission.certs`)."""
+    from webhook.admission.certs import rotator_from_settings
+
+    hook.cert_secret = secret or hook.cert_secret
+    hook.cert_webhooks = webhooks or hook.cert_webhooks
+    hook.cert_dns_names = dns_names or hook.cert_dns_names
+    hook.cert_dir = cert_dir or hook.cert_dir
+    rotator = rotator_from_settings(hook)
+    if rotator is None:
+        return None
+    files = asyncio.run(rotator.first_certificate())
+    rotator.start_background()
+    return files
 
 
 def _serving_certs(
@@ -479,6 +539,82 @@ def crds(
         return
     for path in write_crds(out):
         print(path)
+
+
+# ---- the chart's Helm hooks (webhook.k8s.cleanup) -------------------------------------------
+
+
+@app.command("uninstall-cleanup")
+def uninstall_cleanup(
+    webhooks: Annotated[
+        str, typer.Option(help="Comma-separated Validating/MutatingWebhookConfiguration names.")
+    ],
+    secret: Annotated[
+        str | None,
+        typer.Option(help="Also delete this Secret of IMAGEGATE_NAMESPACE (rotated TLS)."),
+    ] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="Before deleting --secret, scale this Deployment of IMAGEGATE_NAMESPACE (the "
+            "webhook, whose rotator would recreate the Secret) to 0 and wait for its Pods."
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Default: in-cluster, then ~/.kube.")
+    ] = None,
+) -> None:
+    """Delete the webhook configurations (the chart's pre-delete hook), so that an uninstall
+    never leaves fail-closed webhooks behind the Pods that served them."""
+    from webhook.k8s.certs import connect_api
+    from webhook.k8s.cleanup import delete_secret, delete_webhook_configurations, scale_to_zero
+
+    names = [n.strip() for n in webhooks.split(",") if n.strip()]
+    with _exit_on_error():
+        if not names:
+            raise UsageError("--webhooks names no webhook configuration")
+        namespace = Settings().webhook.namespace or ""
+        if (secret or deployment) and not namespace:
+            raise UsageError("--secret and --deployment need IMAGEGATE_NAMESPACE")
+        api = connect_api(kubeconfig)
+        try:
+            for deleted in asyncio.run(delete_webhook_configurations(api, names)):
+                print(f"deleted {deleted}")
+            if deployment:
+                waited = asyncio.run(scale_to_zero(api, namespace, deployment, 90.0))
+                print(f"scaled Deployment {namespace}/{deployment} to 0 ({waited} Pods gone)")
+            if secret and asyncio.run(delete_secret(api, namespace, secret)):
+                print(f"deleted Secret {namespace}/{secret}")
+        finally:
+            api.close()
+
+
+@app.command("install-objects")
+def install_objects(
+    file: Annotated[Path, typer.Option(help="YAML documents to apply (ImagePolicy, peering).")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for their CRDs.")] = 90.0,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Default: in-cluster, then ~/.kube.")
+    ] = None,
+) -> None:
+    """Server-side apply the chart's own custom resources once their CRDs are served (the
+    chart's post-install hook: `helm install` cannot create them with their CRDs)."""
+    import yaml
+
+    from webhook.k8s.certs import connect_api
+    from webhook.k8s.cleanup import apply_cluster_objects
+
+    with _exit_on_error():
+        try:
+            documents = [d for d in yaml.safe_load_all(file.read_text()) if d]
+        except (OSError, yaml.YAMLError) as err:
+            raise UsageError(f"{file}: {err}") from None
+        api = connect_api(kubeconfig)
+        try:
+            for done in asyncio.run(apply_cluster_objects(api, documents, timeout)):
+                print(f"applied {done.kind}/{done.name} (attempts: {done.attempts})")
+        finally:
+            api.close()
 
 
 @app.command()

@@ -5,11 +5,12 @@ No other module reads `os.environ`; they receive a `Settings` (or the part they 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class RegistrySettings(BaseSettings):
@@ -71,6 +72,29 @@ class RegistrySettings(BaseSettings):
     negative_ttl_seconds: float = Field(
         default=5.0, ge=0, description="How long failures are cached."
     )
+    keepalive_seconds: float = Field(
+        default=90.0,
+        ge=0,
+        description=(
+            "How long an idle registry connection is kept for the next request. httpx's 5 s "
+            "default made every cold admission after a pause open (and on HTTPS, handshake) "
+            "new connections."
+        ),
+    )
+    http2: bool = Field(
+        default=True,
+        description=(
+            "Offer HTTP/2 to HTTPS registries (ALPN decides): parallel fetches share one "
+            "connection. Plain-HTTP registries always speak HTTP/1.1."
+        ),
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "A PEM file, or a directory of PEM files (a mounted ConfigMap or Secret), of CA "
+            "certificates trusted for registries in addition to the system and certifi roots."
+        ),
+    )
 
 
 class WebhookSettings(BaseSettings):
@@ -94,6 +118,15 @@ class WebhookSettings(BaseSettings):
     )
     keep_alive_seconds: float = Field(
         default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    metrics_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description=(
+            "Plain-HTTP port serving only /metrics (for Prometheus), beside the HTTPS admission "
+            "port, which keeps /metrics too; 0: off."
+        ),
     )
     max_containers: int = Field(
         default=100, gt=0, description="Objects with more containers (all lists) are denied."
@@ -152,6 +185,59 @@ class WebhookSettings(BaseSettings):
     cert_reload_seconds: float = Field(
         default=5.0, gt=0, description="How often the TLS files are checked for rotation."
     )
+    # Built-in certificate rotation (webhook.admission.certs), as Gatekeeper's cert-controller.
+    cert_secret: str | None = Field(
+        default=None,
+        description=(
+            "Secret (in the webhook's namespace) where the webhook keeps its own CA and serving "
+            "certificate, creating and renewing them; unset: certificates come from files."
+        ),
+    )
+    cert_webhooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Validating/MutatingWebhookConfigurations (comma-separated names) whose every "
+            "webhook's clientConfig.caBundle the rotator keeps current."
+        ),
+    )
+    cert_dns_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="DNS names of the webhook Service (comma-separated): svc, svc.ns, svc.ns.svc.",
+    )
+    cert_dir: Path | None = Field(
+        default=None, description="Where the rotator writes tls.crt, tls.key, ca.crt (local)."
+    )
+    cert_ca_lifetime: timedelta = Field(
+        default=timedelta(days=365), description="Lifetime of a CA the rotator makes (P365D)."
+    )
+    cert_lifetime: timedelta = Field(
+        default=timedelta(days=90), description="Lifetime of a serving certificate (P90D)."
+    )
+    cert_renew_before: timedelta | None = Field(
+        default=None,
+        description="Renew this long before expiry; default: when a third of the lifetime is left.",
+    )
+    cert_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the Secret and caBundles are re-checked (besides a Secret watch).",
+    )
+
+    @field_validator("cert_webhooks", "cert_dns_names", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _cert_lifetimes(self) -> WebhookSettings:
+        if self.cert_lifetime > self.cert_ca_lifetime:
+            raise ValueError("cert_lifetime must not exceed cert_ca_lifetime")
+        if self.cert_renew_before is not None and self.cert_renew_before >= self.cert_lifetime:
+            raise ValueError("cert_renew_before must be shorter than cert_lifetime")
+        return self
+
     shutdown_delay_seconds: float = Field(
         default=0.0,
         ge=0,

@@ -35,6 +35,7 @@ import contextlib
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import LoggedProcess, free_port, spawn
+from tests.support.token_server import TokenAuth
 
 __all__ = [
     "AccessLogEntry",
@@ -187,10 +189,12 @@ class RegistryProcess:
     config_path: Path
     process: LoggedProcess
     credentials: tuple[str, str] | None = None
+    scheme: str = "http"
+    """``https`` when started with ``tls``."""
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     @property
     def port(self) -> int:
@@ -262,7 +266,15 @@ def _make_htpasswd(path: Path, user: str, password: str) -> None:
     path.chmod(0o600)
 
 
-def _write_config(state_dir: Path, port: int, auth: bool) -> Path:
+def _write_config(
+    state_dir: Path,
+    port: int,
+    auth: bool,
+    *,
+    bind: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+    token: TokenAuth | None = None,
+) -> Path:
     storage = state_dir / "data"
     storage.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -281,12 +293,23 @@ def _write_config(state_dir: Path, port: int, auth: bool) -> Path:
         "    uploadpurging:",
         "      enabled: false",
         "http:",
-        f"  addr: 127.0.0.1:{port}",
+        f"  addr: {bind}:{port}",
         "  secret: imagegate-test-registry",
         "  headers:",
         "    X-Content-Type-Options: [nosniff]",
     ]
-    if auth:
+    if tls is not None:  # Go's server then speaks HTTP/2 too (ALPN h2)
+        lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+    if token is not None:
+        lines += [
+            "auth:",
+            "  token:",
+            f"    realm: {token.realm}",
+            f"    service: {token.service}",
+            f"    issuer: {token.issuer}",
+            f"    rootcertbundle: {token.rootcertbundle}",
+        ]
+    elif auth:
         lines += [
             "auth:",
             "  htpasswd:",
@@ -298,10 +321,10 @@ def _write_config(state_dir: Path, port: int, auth: bool) -> Path:
     return config
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, context: ssl.SSLContext | None = None) -> bool:
     """``GET /v2/`` answers 200, or 401 when auth is on: the registry is serving."""
     try:
-        with urllib.request.urlopen(f"{url}/v2/", timeout=1.0) as resp:
+        with urllib.request.urlopen(f"{url}/v2/", timeout=1.0, context=context) as resp:
             return int(resp.status) == 200
     except urllib.error.HTTPError as e:
         return e.code == 401
@@ -315,6 +338,10 @@ def start_registry(
     htpasswd: tuple[str, str] | None = None,
     *,
     timeout: float = 30.0,
+    bind: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+    ca: Path | None = None,
+    token: TokenAuth | None = None,
 ) -> RegistryProcess:
     """Start a registry storing under ``state_dir``, on 127.0.0.1:``port`` (0: a free port).
 
@@ -322,6 +349,11 @@ def start_registry(
     htpasswd file made with ``htpasswd -Bbn``). Returns once ``GET /v2/`` answers.
     Raises ``RegistryNotInstalledError`` when the binary is missing and ``RegistryError``
     (with the log tail) when it does not come up.
+
+    ``bind`` is the address listened on (imagegate speaks plain HTTP to loopback, so an HTTPS
+    registry under test listens elsewhere); ``tls=(cert, key)`` serves HTTPS (and HTTP/2),
+    checked ready with ``ca`` trusted; ``token`` (``tests.support.token_server``) asks for
+    Bearer tokens from that token server instead of Basic credentials.
     """
     binary = find_registry_binary()
     state = Path(state_dir).resolve()
@@ -332,7 +364,10 @@ def start_registry(
     last_error: RegistryError | None = None
     for _ in range(attempts):
         try:
-            return _start_once(binary, state, port or free_port(), htpasswd, timeout)
+            return _start_once(
+                binary, state, port or free_port(), htpasswd, timeout,
+                bind=bind, tls=tls, ca=ca, token=token,
+            )  # fmt: skip
         except RegistryError as e:
             last_error = e
             if "address already in use" not in str(e):
@@ -342,13 +377,25 @@ def start_registry(
 
 
 def _start_once(
-    binary: str, state: Path, port: int, htpasswd: tuple[str, str] | None, timeout: float
+    binary: str,
+    state: Path,
+    port: int,
+    htpasswd: tuple[str, str] | None,
+    timeout: float,
+    *,
+    bind: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+    ca: Path | None = None,
+    token: TokenAuth | None = None,
 ) -> RegistryProcess:
-    config = _write_config(state, port, auth=htpasswd is not None)
+    config = _write_config(state, port, auth=htpasswd is not None, bind=bind, tls=tls, token=token)
     process = spawn(
         "registry", [binary, "serve", str(config)], state / LOG_FILE, marker=str(config)
     )
-    reg = RegistryProcess(f"127.0.0.1:{port}", state, config, process, htpasswd)
+    reg = RegistryProcess(
+        f"{bind}:{port}", state, config, process, htpasswd, "https" if tls else "http"
+    )
+    context = ssl.create_default_context(cafile=str(ca)) if tls and ca else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
@@ -357,7 +404,7 @@ def _start_once(
                 f"registry exited with code {process.exit_code()} on {reg.host}; "
                 f"log {reg.log_path}:\n{reg.log_tail()}"
             )
-        if reg.ready():
+        if _ready(reg.url, context) if context else reg.ready():
             (state / PID_FILE).write_text(f"{process.pid}\n")
             (state / HOST_FILE).write_text(f"{reg.host}\n")
             return reg

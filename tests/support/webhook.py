@@ -78,7 +78,9 @@ def start_webhook(
     (`IMAGEGATE_WEBHOOK_KUBERNETES=off` unless `env` says otherwise).
     """
     port = port or free_port()
-    environment = {**os.environ, "IMAGEGATE_WEBHOOK_KUBERNETES": "off", **(env or {})}
+    # No plain-HTTP metrics listener unless asked: parallel servers would all try port 8081.
+    defaults = {"IMAGEGATE_WEBHOOK_KUBERNETES": "off", "IMAGEGATE_WEBHOOK_METRICS_PORT": "0"}
+    environment = {**os.environ, **defaults, **(env or {})}
     if certs is None:
         tls = ["--self-signed", "--san", "127.0.0.1", "--cert-dir", str(directory / "tls")]
         ca = directory / "tls" / "ca.crt"

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import operator
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from webhook.caches import BoundedCache, approx_size, hashed_key
+from webhook.caches import BoundedCache, approx_size
 from webhook.errors import ImagegateError
 from webhook.layers.analysis import is_numeric_user
 from webhook.layers.inspect import LayerFindings, LayerInspector
@@ -114,8 +115,9 @@ def _bounded(value: Any) -> Any:
 
 # Image, policies, platform, placement, container context, and who asked (the credentials'
 # identity): a verdict read with one tenant's pull secret is never handed to another.
-# The container context is kept as a digest: a Pod's command can be megabytes, and a cache key
-# holds its strings for as long as the entry lives.
+# The container context is its exact text (`_digest`), and the cache only ever holds the sha256
+# of the whole key (`_result_key`): a Pod's command can be megabytes, and a cache key holds its
+# strings for as long as the entry lives.
 ResultKey = tuple[str, tuple[int, ...], Platform | None, Placement, str, Hashable]
 
 # Byte budget of the verdict cache (`webhook.caches.BoundedCache`).
@@ -123,9 +125,17 @@ RESULTS_BYTES = 32 * 1024 * 1024
 
 
 def _result_key(key: ResultKey) -> str:
-    """The verdict cache's key for `key`: a hash of its repr, which shows every part (strings,
-    ids, default dataclass reprs), so different keys never share a hash."""
-    return hashed_key(repr(key))
+    """The verdict cache's key for `key`: a sha256 of its repr, which shows every part
+    (strings, ids, default dataclass reprs), so different keys never share a hash.
+
+    Read on every warm admission, so kept cheap: the parts are builtin values whose repr is C
+    code, except the placement, whose dataclass repr alone cost more than the hash; the one of
+    almost every Pod (no os/arch constraint) is written as "" (no other placement's repr is).
+    """
+    image, ids, platform, placement, context, who = key
+    where = "" if placement is ANYWHERE or placement == ANYWHERE else repr(placement)
+    text = repr((image, ids, platform, where, context, who))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _result_size(value: tuple[tuple[ImagePolicy, ...], CheckResult]) -> int:
@@ -448,7 +458,16 @@ async def _known_base(
 
 
 def _digest(container: ContainerContext | None) -> str:
-    return hashlib.sha256(repr(container).encode()).hexdigest()
+    """The container context as exact text, for `_result_key` (which hashes the whole key, so
+    a megabyte command still makes a 64-character key): its fields' values in order, every
+    field (`_context_fields` is read from the dataclass, so a new field is never left out)."""
+    if container is None:
+        return "None"
+    return repr(_context_fields(container))
+
+
+# Every field of ContainerContext as one tuple, in C (a dataclass repr costs several times more).
+_context_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(ContainerContext)))
 
 
 def _fingerprint(image: str, keyring: Keyring | None) -> str:

@@ -527,3 +527,35 @@ class TokenCache:
 
     def discard(self, key: tuple[str, str, str]) -> None:
         self._cache.pop(hashed_key(*key), None)
+
+
+CHALLENGE_MEMORY_BYTES = 256 * 1024
+CHALLENGE_TTL = 3600.0
+
+
+class ChallengeMemory:
+    """The auth challenge each registry host answered its first 401 with.
+
+    Knowing a host's challenge lets a request for a new repository carry credentials (or a
+    token) up front instead of being refused first: one round trip saved per repository.
+    Keyed by (host dialled, registry), so what one host asked for is never used for another,
+    and bounded: a stale entry is forgotten on the next 401, and all expire after an hour.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int = CHALLENGE_MEMORY_BYTES,
+        ttl: float = CHALLENGE_TTL,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Keys hashed and values whatever a registry's header said: both bounded by bytes.
+        self._cache: BoundedCache[str, Challenge] = BoundedCache(max_bytes, ttl=ttl, timer=timer)
+
+    def get(self, key: tuple[str, str]) -> Challenge | None:
+        return self._cache.get(hashed_key(*key))
+
+    def remember(self, key: tuple[str, str], challenge: Challenge) -> None:
+        self._cache[hashed_key(*key)] = challenge
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._cache.pop(hashed_key(*key), None)

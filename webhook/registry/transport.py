@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+import importlib.util
 import ipaddress
 import json
 import logging
 import socket
+import ssl
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -45,6 +50,7 @@ from webhook.errors import (
 )
 from webhook.registry.auth import (
     Challenge,
+    ChallengeMemory,
     Credential,
     Keyring,
     TokenCache,
@@ -53,7 +59,9 @@ from webhook.registry.auth import (
     pull_scope,
     token_request,
 )
+from webhook.registry.network import PooledTransport
 from webhook.registry.reference import Reference, normalize_host
+from webhook.registry.tls import registry_ssl_context
 from webhook.settings import RegistrySettings
 
 log = logging.getLogger(__name__)
@@ -126,18 +134,37 @@ class RegistryTransport:
         self.settings = settings
         self.keyring = keyring
         self.stats = RegistryStats()
+        _fail_sniffio_imports_fast()
+        verify = registry_ssl_context(settings.ca_file)
+        # Concurrency is bounded per registry by the Checker (webhook.policy.limits); one
+        # pool of 100 shared by all let a few stalled registries hold every connection.
+        # httpx pools per origin (scheme, host, port); idle connections are kept for
+        # `keepalive_seconds` (httpx's default, 5 s, reopened them after any pause).
+        limits = httpx.Limits(
+            max_connections=1000,
+            max_keepalive_connections=200,
+            keepalive_expiry=settings.keepalive_seconds,
+        )
+        if http_transport is None:
+            http_transport = _pooled(verify, settings.http2, limits)
         self._http = httpx.AsyncClient(
             transport=http_transport,
+            verify=verify,
+            # HTTPS registries that speak HTTP/2 (ALPN decides) multiplex parallel fetches on
+            # one connection; plain-HTTP ones stay HTTP/1.1 (no prior-knowledge h2c).
+            http2=settings.http2,
             timeout=httpx.Timeout(settings.timeout_seconds),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
-            # Concurrency is bounded per registry by the Checker (webhook.policy.limits); one
-            # pool of 100 shared by all let a few stalled registries hold every connection.
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            limits=limits,
             event_hooks={"request": [self._vet_hop]},
         )
         self._redirect_networks = _networks(settings.redirect_networks)
+        # asked twice per request; a pure function of the host (the settings are fixed), and
+        # bounded: hosts are whatever Pods name
+        self._plain_http = functools.lru_cache(maxsize=1024)(self._uses_plain_http)
         self._tokens = TokenCache(timer=timer)
+        self._challenges = ChallengeMemory(timer=timer)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -157,6 +184,9 @@ class RegistryTransport:
 
     def uses_plain_http(self, host: str) -> bool:
         """Loopback registries and configured insecure ones speak HTTP, as in Docker/containerd."""
+        return self._plain_http(host)
+
+    def _uses_plain_http(self, host: str) -> bool:
         host = normalize_host(host)
         bare = _strip_port(host)
         if bare == "localhost":
@@ -209,8 +239,8 @@ class RegistryTransport:
         kr = keyring if keyring is not None else self.keyring
         host = self.api_host(ref)
         try:
-            url = self.url(ref, path)
-            own_host = httpx.URL(url).netloc.decode("ascii", "replace") == host
+            url = httpx.URL(self.url(ref, path))  # parsed once: build() reuses it
+            own_host = url.netloc.decode("ascii", "replace") == host
         except (httpx.InvalidURL, ValueError) as exc:
             raise RegistryError(
                 f"cannot address {what} on {host}: {exc}", reference=str(ref)
@@ -244,15 +274,52 @@ class RegistryTransport:
                 retry=method in IDEMPOTENT_METHODS if retry is None else retry,
             )
 
+        # A host whose challenge is known gets its credentials up front: no 401 probe per
+        # new repository (a Bearer registry costs token + request, not probe + token + retry).
+        # Only for the host the challenge came from; the realm is vetted again on every use.
+        challenge_key = (host, ref.registry)
+        remembered = self._challenges.get(challenge_key) if own_host else None
+        answered: tuple[str, float] | None = None
+        failed: ImagegateError | None = None
+        credential: Credential | None = None
+        if authorization is None and remembered is not None:
+            try:
+                header, credential, ttl = await self._answer(remembered, ref, kr, scopes)
+            except ImagegateError as exc:
+                # a stale realm, or one that refuses: forget it and probe once below
+                self._challenges.forget(challenge_key)
+                failed = exc
+            else:
+                if header is not None:
+                    authorization = header
+                    answered = (header, ttl)
+
         reply = await send()
         if reply.status != 401:
+            if answered is not None:
+                self._tokens.put(token_key, *answered)
             return reply
+        # Refused: a cached token expired early, or a remembered challenge is stale. The 401
+        # carries the host's current challenge; answer it once, never loop.
         self._tokens.discard(token_key)
-        authorization, credential, ttl = await self._authorize(reply, ref, kr, scopes)
+        self._challenges.forget(challenge_key)
+        challenge = self._pick_challenge(reply, ref)
+        if remembered is not None and _same_challenge(challenge, remembered):
+            if failed is not None:
+                raise failed  # the same realm again: it would fail the same way
+            if answered is not None:
+                # a token fresh from this very realm was refused: another would be too
+                raise _unauthorized(ref, reply, credential, kr)
+        header, credential, ttl = await self._answer(challenge, ref, kr, scopes)
+        if header is None:
+            raise _unauthorized(ref, reply, None, kr)
+        authorization = header
         reply = await send()
         if reply.status == 401:
             raise _unauthorized(ref, reply, credential, kr)
         self._tokens.put(token_key, authorization, ttl)
+        if own_host:
+            self._challenges.remember(challenge_key, _essential(challenge))
         return reply
 
     def check(self, reply: Reply, ref: Reference, what: str, blob: str | None = None) -> Reply:
@@ -263,28 +330,35 @@ class RegistryTransport:
 
     # ---- auth ----------------------------------------------------------------------------------
 
-    async def _authorize(
-        self, reply: Reply, ref: Reference, keyring: Keyring, scopes: Sequence[str]
-    ) -> tuple[str, Credential | None, float]:
-        """The Authorization header answering a 401, the credential used, and its lifetime."""
+    def _pick_challenge(self, reply: Reply, ref: Reference) -> Challenge:
+        """The challenge of a 401 that imagegate answers: Bearer, else Basic."""
         challenges = parse_challenges(reply.headers.get_list("www-authenticate"))
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
+        chosen = bearer or basic
+        if chosen is None:
+            raise RegistryUnauthorized(
+                f"registry {ref.registry} answered 401 for {ref} without a Bearer or Basic "
+                "WWW-Authenticate challenge",
+                reference=str(ref),
+            )
+        return chosen
+
+    async def _answer(
+        self, challenge: Challenge, ref: Reference, keyring: Keyring, scopes: Sequence[str]
+    ) -> tuple[str | None, Credential | None, float]:
+        """The Authorization header answering `challenge`, the credential used, and its
+        lifetime; no header for a Basic challenge without credentials (the request then goes
+        anonymously, and a 401 says which credentials are missing)."""
         credential = await keyring.get(ref.registry)
-        if bearer is not None:
+        if challenge.scheme == "bearer":
             if credential is not None and credential.registry_token:
                 return f"Bearer {credential.registry_token}", credential, _BASIC_TTL
-            header, ttl = await self._fetch_token(bearer, scopes, credential, ref, keyring)
+            header, ttl = await self._fetch_token(challenge, scopes, credential, ref, keyring)
             return header, credential, ttl
-        if basic is not None:
-            if credential is None or not credential.has_basic:
-                raise _unauthorized(ref, reply, None, keyring)
-            return credential.basic_header(), credential, _BASIC_TTL
-        raise RegistryUnauthorized(
-            f"registry {ref.registry} answered 401 for {ref} without a Bearer or Basic "
-            "WWW-Authenticate challenge",
-            reference=str(ref),
-        )
+        if credential is None or not credential.has_basic:
+            return None, None, 0.0
+        return credential.basic_header(), credential, _BASIC_TTL
 
     async def _fetch_token(
         self,
@@ -403,6 +477,19 @@ class RegistryTransport:
                 raise RegistryError(
                     f"cannot talk to {host} (fetching {what}): {exc}", reference=str(ref)
                 ) from None
+            except httpx.ConnectError as exc:
+                untrusted = _certificate_error(exc)
+                if untrusted is not None:  # asking again cannot change the answer
+                    raise RegistryError(
+                        f"registry {host} presented a TLS certificate imagegate does not "
+                        f"trust ({untrusted}): if it is signed by a private CA, add that CA "
+                        "with IMAGEGATE_REGISTRY_CA_FILE (chart value registryCA)",
+                        reference=str(ref),
+                    ) from None
+                failure = (
+                    RegistryUnavailable,
+                    f"cannot reach registry {host} (fetching {what}): {_describe(exc)}",
+                )
             except httpx.TransportError as exc:
                 failure = (
                     RegistryUnavailable,
@@ -636,6 +723,53 @@ def _status(code: int) -> str:
         return f"{code} {HTTPStatus(code).phrase}"
     except ValueError:
         return str(code)
+
+
+def _fail_sniffio_imports_fast() -> None:
+    """httpcore runs `import sniffio` on every request; sniffio is optional (anyio 4 does not
+    need it), and a failed import is not cached: each one scans sys.path, a third of a
+    millisecond per request, more than the rest of a cold admission's HTTP work. A None in
+    `sys.modules` makes that import fail at once, as httpcore expects when it is absent."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+def _pooled(
+    verify: ssl.SSLContext | bool, http2: bool, limits: httpx.Limits
+) -> httpx.AsyncBaseTransport | None:
+    """The registry connections: httpx's transport on the asyncio network backend
+    (`webhook.registry.network`), or httpx's own (None) should its internals have moved or
+    HTTP(S)_PROXY / ALL_PROXY be set: httpx routes through those only with its own."""
+    proxies = urllib.request.getproxies()
+    if any(proxies.get(scheme) for scheme in ("http", "https", "all")):
+        return None
+    try:
+        return PooledTransport(verify=verify, http2=http2, limits=limits)
+    except TypeError:
+        log.warning("httpx changed: registry connections use its default (slower) backend")
+        return None
+
+
+def _essential(challenge: Challenge) -> Challenge:
+    """What is worth remembering of a host's challenge: not the scope of one repository."""
+    kept = {k: v for k, v in challenge.params.items() if k in ("realm", "service")}
+    return Challenge(challenge.scheme, kept)
+
+
+def _same_challenge(a: Challenge, b: Challenge) -> bool:
+    return (a.scheme, a.realm, a.service) == (b.scheme, b.realm, b.service)
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The reason a TLS peer's certificate was refused, when that is why `exc` happened."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _describe(exc: httpx.TransportError) -> str:
