@@ -36,6 +36,7 @@ import docker  # noqa: E402
 import yaml  # noqa: E402
 
 from tests.fixtures.images import build_fixtures  # noqa: E402
+from tests.support.chart import BARE_API_VALUES, apply_chart_crds  # noqa: E402
 from tests.support.cluster import load_cluster  # noqa: E402
 from tests.support.manifests import deployment, image_rebuild, pod  # noqa: E402
 from tests.support.registry import attach, start_registry  # noqa: E402
@@ -180,7 +181,9 @@ def main() -> int:
     say("helm install charts/imagegate (webhooks in url mode, served from this machine)")
     certs = self_signed(["127.0.0.1"], STATE / "webhook-tls")
     values = STATE / "demo-values.yaml"
+    apply_chart_crds(helm, admin)  # no Job runs on a bare API server (tests/support/chart.py)
     values.write_text(yaml.safe_dump({
+        **BARE_API_VALUES,
         "webhook": {"external": {"url": f"https://127.0.0.1:{WEBHOOK_PORT}",
                                  "caBundle": certs.ca_bundle()}},
         "policyReports": {"installCRDs": True},

@@ -13,8 +13,10 @@ schema the API server requires (apiextensions.k8s.io/v1):
   `x-kubernetes-preserve-unknown-fields`;
 * `metadata` at the root is just `type: object` (the API server owns its schema).
 
-The chart ships the result in `charts/imagegate/crds/` (a test keeps both equal); regenerate
-with `imagegate crds --out charts/imagegate/crds` (or `write_crds(directory)`).
+The chart ships the result in `charts/imagegate/files/crds/` (a test keeps both equal), which
+`templates/crds.yaml` renders as ordinary release objects so that `helm upgrade` upgrades them
+(Helm never upgrades what sits in a chart's `crds/` directory); regenerate with
+`imagegate crds --out charts/imagegate/files/crds` (or `write_crds(directory)`).
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def render_crds() -> list[dict[str, Any]]:
 
 
 def crd_file_name(crd: dict[str, Any]) -> str:
-    """`<plural>.<group>.yaml`, the file a CRD lives in under charts/imagegate/crds/."""
+    """`<plural>.<group>.yaml`, the file a CRD lives in under charts/imagegate/files/crds/."""
     return f"{crd['metadata']['name']}.yaml"
 
 

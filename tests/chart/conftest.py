@@ -22,6 +22,9 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.30.0"
 NAMESPACE = "imagegate-system"
 RELEASE = "ig"
+# What the API server serves once the chart's CRDs exist (every `helm upgrade`): `render(...,
+# served=True)` passes them as --api-versions, as Helm's Capabilities would have them.
+SERVED_CRDS = ("imagegate.dev/v1alpha1/ImagePolicy", "kopf.dev/v1/ClusterKopfPeering")
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,10 @@ class Rendered:
         return found[0]
 
     def pod_specs(self) -> dict[str, dict[str, Any]]:
-        """`Kind/name` → pod spec, for Deployments and bare Pods (the helm test pod)."""
+        """`Kind/name` → pod spec, for Deployments, Jobs (hooks) and bare Pods (helm test)."""
         specs = {
-            f"Deployment/{d['metadata']['name']}": d["spec"]["template"]["spec"]
-            for d in self.kinds("Deployment")
+            f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
+            for d in self.kinds("Deployment") + self.kinds("Job")
         }
         specs |= {f"Pod/{d['metadata']['name']}": d["spec"] for d in self.kinds("Pod")}
         return specs
@@ -69,16 +72,21 @@ def run_helm(helm: str) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def render(run_helm: Callable[..., str]) -> Callable[..., Rendered]:
-    """`render(*value_files, set=[...], namespace=...)` → `Rendered` (helm template)."""
+    """`render(*value_files, set=[...], namespace=..., served=...)` → `Rendered` (helm
+    template; `served`: as on an upgrade, with the chart's CRDs already in the cluster)."""
 
     def _render(
         *value_files: Path,
         set: Sequence[str] = (),  # mirrors helm's --set
         namespace: str = NAMESPACE,
         include_crds: bool = False,
+        served: bool = False,
+        kube_version: str = KUBE_VERSION,
     ) -> Rendered:
         args = ["template", RELEASE, str(CHART), "--namespace", namespace]
-        args += ["--kube-version", KUBE_VERSION]
+        args += ["--kube-version", kube_version]
+        if served:
+            args += [a for v in SERVED_CRDS for a in ("--api-versions", v)]
         if include_crds:
             args.append("--include-crds")
         for f in value_files:

@@ -1,14 +1,17 @@
-"""The CRDs in charts/imagegate/crds/ are what webhook/crds.py generates from the models, and
-they are structural schemas the API server accepts."""
+"""The CRDs in charts/imagegate/files/crds/ are what webhook/crds.py generates from the models,
+they are structural schemas the API server accepts, and the chart renders every one of them as a
+release object (templates/crds.yaml) that uninstall keeps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.chart.conftest import Rendered
 from tests.chart.schemas import (
     crd_schemas,
     load_crds,
@@ -19,9 +22,10 @@ from tests.support.paths import CHART, ROOT
 from webhook.crds import crd_file_name, render_crds
 from webhook.policy.model import ImagePolicy
 
-CRDS = CHART / "crds"
+CRDS = CHART / "files" / "crds"
 GENERATED = render_crds()
 IMAGEGATE_V1ALPHA1 = "imagegate.dev/v1alpha1"
+Render = Callable[..., Rendered]
 
 
 def _ids(crds: list[dict[str, Any]]) -> list[str]:
@@ -130,3 +134,30 @@ def test_imagerebuild_with_status_validates() -> None:
         },
     }
     assert validate_custom_resource(doc, schemas[(IMAGEGATE_V1ALPHA1, "ImageRebuild")]) == []
+
+
+def test_the_chart_has_no_crds_directory() -> None:
+    """Helm installs crds/ once and never upgrades it; the CRDs are templates instead (and a
+    crds/ directory next to them would make Helm create them twice)."""
+    assert not (CHART / "crds").exists()
+
+
+def test_every_crd_file_is_rendered_as_a_kept_release_object(render: Render) -> None:
+    rendered = {c["metadata"]["name"]: c for c in render().kinds("CustomResourceDefinition")}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        assert name in rendered, f"{path.name} is not rendered"
+        got = rendered[name]
+        assert got["spec"] == crd["spec"], name
+        assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert got["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_crds_install_false_renders_none_of_them(render: Render) -> None:
+    names = {
+        c["metadata"]["name"]
+        for c in render(set=["crds.install=false"]).kinds("CustomResourceDefinition")
+    }
+    assert not names & {yaml.safe_load(p.read_text())["metadata"]["name"] for p in CRDS.glob("*")}
+    assert names == {"policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io"}

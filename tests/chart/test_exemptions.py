@@ -103,14 +103,15 @@ def test_disabled_renders_no_policy(render: Render) -> None:
     assert rendered.kinds(POLICY) + rendered.kinds(BINDING) == []
 
 
-def test_kubernetes_before_1_30_is_refused_unless_disabled(
-    run_helm: Callable[..., str],
-) -> None:
-    args = ["template", RELEASE, str(CHART), "--kube-version", "1.29.0"]
+@pytest.mark.parametrize("exemptions", ["true", "false"])
+def test_kubernetes_before_1_30_is_refused(run_helm: Callable[..., str], exemptions: str) -> None:
+    """Chart.yaml's kubeVersion (>=1.30.0-0) refuses older clusters before any template runs,
+    with or without the opt-out label's ValidatingAdmissionPolicy."""
+    args = ["template", RELEASE, str(CHART), "--kube-version", "1.29.9"]
     with pytest.raises(HelmError) as caught:
-        run_helm(*args)
-    assert "exemptions.enabled needs Kubernetes >= 1.30" in caught.value.stderr
-    assert "ValidatingAdmissionPolicy" not in run_helm(*args, "--set", "exemptions.enabled=false")
+        run_helm(*args, "--set", f"exemptions.enabled={exemptions}")
+    assert "chart requires kubeVersion: >=1.30.0-0" in caught.value.stderr
+    assert "ValidatingAdmissionPolicy" in run_helm(*args[:-2], "--kube-version", "1.30.0-eks-1")
 
 
 @pytest.mark.parametrize(

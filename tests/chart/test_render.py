@@ -29,7 +29,7 @@ from webhook.policy.model import ImagePolicy
 from webhook.policy.workloads import ADMITTED_RESOURCES
 
 Render = Callable[..., Rendered]
-CRD_SCHEMAS = load_crds(CHART / "crds")
+CRD_SCHEMAS = load_crds(CHART / "files" / "crds")
 CI_IDS = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
 # Kinds defined by CRDs the chart does not ship (cert-manager): checked for shape only.
 EXTERNAL_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
@@ -55,7 +55,7 @@ def test_rendered_manifests_match_kubernetes_and_crd_schemas(
 ) -> None:
     rendered = render(*([values] if values else []), set=["policyReports.installCRDs=true"])
     schemas = dict(CRD_SCHEMAS)
-    for crd in rendered.kinds("CustomResourceDefinition"):  # the optional PolicyReport CRDs
+    for crd in rendered.kinds("CustomResourceDefinition"):  # the CRDs the chart renders
         spec = crd["spec"]
         for v in spec["versions"]:
             schemas[(f"{spec['group']}/{v['name']}", spec["names"]["kind"])] = v["schema"][
@@ -86,20 +86,15 @@ def test_default_policy_values_equal_policies_default_yaml() -> None:
 
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *CI_IDS])
 def test_rendered_imagepolicy_is_a_valid_policy(render: Render, values: Path | None) -> None:
-    policy = render(*([values] if values else [])).one("ImagePolicy")
+    policy = render(*([values] if values else []), served=True).one("ImagePolicy")
     assert ImagePolicy.model_validate(policy).name == "default"
 
 
 def test_audit_scenario_renders_an_audit_policy(render: Render) -> None:
-    rendered = render(CHART / "ci" / "audit-values.yaml")
+    rendered = render(CHART / "ci" / "audit-values.yaml", served=True)
     assert rendered.one("ImagePolicy")["spec"]["mode"] == "audit"
     names = {c["metadata"]["name"] for c in rendered.kinds("CustomResourceDefinition")}
-    assert names == {"policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io"}
-
-
-def test_policyreport_crds_are_optional_and_not_in_crds_dir(render: Render) -> None:
-    assert render().kinds("CustomResourceDefinition") == []
-    assert not list((CHART / "crds").glob("*wgpolicyk8s*"))
+    assert {"policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io"} <= names
 
 
 @pytest.mark.parametrize("namespace", ["imagegate-system", "security"])
@@ -216,7 +211,7 @@ def _verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
 
 
 def test_cabundle_is_the_ca_that_signed_the_served_certificate(render: Render) -> None:
-    rendered = render()
+    rendered = render(set=["certificates.mode=helm"])
     deployment = rendered.one("Deployment", "ig-imagegate-webhook")
     (tls_volume,) = [
         v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"
@@ -301,14 +296,13 @@ def test_deployments_have_probes_and_anti_affinity(render: Render) -> None:
 
 
 def test_containers_use_the_command_line_contract(render: Render) -> None:
-    rendered = render()
+    rendered = render(served=True)
     webhook = rendered.one("Deployment", "ig-imagegate-webhook")["spec"]["template"]["spec"]
     (container,) = webhook["containers"]
-    assert container["args"] == [
-        "serve",
-        "--policies-from-cluster",
-        "--port",
-        "8443",
+    # certificates.mode rotate: the certificate comes from IMAGEGATE_WEBHOOK_CERT_*, not files.
+    assert container["args"] == ["serve", "--policies-from-cluster", "--port", "8443"]
+    helm_mode = render(set=["certificates.mode=helm"]).one("Deployment", "ig-imagegate-webhook")
+    assert helm_mode["spec"]["template"]["spec"]["containers"][0]["args"][4:] == [
         "--tls-cert",
         "/tls/tls.crt",
         "--tls-key",
@@ -330,7 +324,7 @@ def test_files_policy_source_mounts_the_policy(render: Render) -> None:
     rendered = render(set=["webhook.policySource=files"])
     spec = rendered.one("Deployment", "ig-imagegate-webhook")["spec"]["template"]["spec"]
     assert spec["containers"][0]["args"][1:3] == ["--policy", "/etc/imagegate/policies"]
-    configmap = rendered.one("ConfigMap")
+    configmap = rendered.one("ConfigMap", "ig-imagegate-policies")
     (text,) = configmap["data"].values()
     assert ImagePolicy.model_validate(yaml.safe_load(text)) == ImagePolicy()
 
@@ -442,12 +436,24 @@ def test_helm_test_pod_checks_readyz_through_the_service(render: Render) -> None
     assert "cafile=" in script
 
 
-def test_secrets_and_service_accounts_are_only_ever_read_by_name(render: Render) -> None:
-    """Least privilege: imagegate reads the pull secrets a Pod names, never every Secret."""
-    rendered = render()
+@pytest.mark.parametrize("mode", ["rotate", "helm", "certManager"])
+def test_secrets_and_service_accounts_are_only_ever_read_by_name(render: Render, mode: str) -> None:
+    """Least privilege: imagegate reads the pull secrets a Pod names, never every Secret; it
+    changes or deletes only Secrets named in resourceNames, and may create Secrets only in its
+    own namespace (a Role: `create` cannot be limited to a name)."""
+    rendered = render(set=[f"certificates.mode={mode}"])
     roles = rendered.kinds("ClusterRole") + rendered.kinds("Role")
     assert roles
     for role in roles:
+        where = (role["kind"], role["metadata"]["name"])
         for rule in role.get("rules") or []:
-            if {"secrets", "serviceaccounts"} & set(rule.get("resources", [])):
-                assert rule["verbs"] == ["get"], (role["metadata"]["name"], rule)
+            if not {"secrets", "serviceaccounts"} & set(rule.get("resources", [])):
+                continue
+            if rule.get("resourceNames"):
+                assert rule["resources"] == ["secrets"], where
+                assert rule["resourceNames"] == ["ig-imagegate-webhook-tls"], where
+            elif rule["verbs"] == ["create"]:
+                assert role["kind"] == "Role", where
+                assert role["metadata"]["namespace"] == NAMESPACE, where
+            else:
+                assert rule["verbs"] == ["get"], (where, rule)

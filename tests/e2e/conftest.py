@@ -33,6 +33,7 @@ under ``CI=true`` (DESIGN.md §5), via ``tests.support.parts.missing_part``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.chart import BARE_API_VALUES, apply_chart_crds
 from tests.support.cluster import BinaryNotFoundError, Cluster, ClusterError, start_cluster
 from tests.support.kube import fresh_namespace
 from tests.support.parts import missing_part
@@ -165,6 +167,7 @@ def installed(
                     "failurePolicy": "Fail",
                     "timeoutSeconds": 10,
                 },
+                **BARE_API_VALUES,
                 "operator": {"enabled": True},
                 "policyReports": {"installCRDs": True},
                 "policy": {
@@ -183,6 +186,7 @@ def installed(
             }
         )
     )
+    apply_chart_crds(helm, {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
     run_helm(
         helm, cluster, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "--create-namespace",
         "--values", str(values),

@@ -107,11 +107,15 @@ def test_no_admission_fails_while_the_upgrade_rolls_the_webhook_out(upgraded: Up
     )
 
 
-def test_the_upgrade_keeps_the_generated_tls_and_its_ca_in_the_webhook_configurations(
+def test_the_upgrade_keeps_the_tls_and_its_ca_in_the_webhook_configurations(
     upgraded: Upgrade, release: Release
 ) -> None:
+    """The webhook's own Secret and the caBundle it patched in survive a rollout of every
+    webhook Pod (new Pods reuse the Secret) and Helm's three-way merge (the chart never sets
+    caBundle, so an upgrade does not blank it)."""
     assert upgraded.tls_after == upgraded.tls_before
-    assert upgraded.ca_bundles == {upgraded.tls_before["ca.crt"]}
+    bundle = upgraded.tls_before.get("ca-bundle.crt", upgraded.tls_before["ca.crt"])
+    assert upgraded.ca_bundles == {bundle}
     assert release.test() == "Succeeded"
 
 

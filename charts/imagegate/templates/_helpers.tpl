@@ -131,3 +131,90 @@ podAntiAffinity:
 - name: IMAGEGATE_LAYERS_DOWNLOAD_CONCURRENCY
   value: {{ .Values.layers.downloadConcurrency | quote }}
 {{- end }}
+
+{{/* How the serving certificate is made: url (webhook.external.url), certManager (also the
+deprecated certManager.enabled), or certificates.mode (rotate, external, helm). */}}
+{{- define "imagegate.certificates.mode" -}}
+{{- if .Values.webhook.external.url -}}url
+{{- else if .Values.certManager.enabled -}}certManager
+{{- else -}}{{ .Values.certificates.mode }}
+{{- end -}}
+{{- end -}}
+
+{{/* Names of both webhook configurations (ValidatingWebhookConfiguration and
+MutatingWebhookConfiguration share the name), comma-separated. */}}
+{{- define "imagegate.webhook.configurationNames" -}}
+{{- include "imagegate.webhook.fullname" . -}}
+{{- end -}}
+
+{{/* The system PriorityClasses (as a JSON list) the chart's Pods use. Outside kube-system the
+API server admits Pods of these classes only where a ResourceQuota scoped to them exists. */}}
+{{- define "imagegate.systemPriorityClasses" -}}
+{{- $classes := list -}}
+{{- $names := list .Values.webhook.priorityClassName -}}
+{{- if .Values.operator.enabled -}}{{- $names = append $names .Values.operator.priorityClassName -}}{{- end -}}
+{{- range $names -}}
+{{- if has . (list "system-cluster-critical" "system-node-critical") -}}
+{{- $classes = append $classes . -}}
+{{- end -}}
+{{- end -}}
+{{- $classes | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{/* True (non-empty) when the API server serves this group/version/Kind at render time (an
+upgrade, or CRDs installed beforehand). `helm install` cannot create a custom resource in the
+same release that creates its CRD (the REST mapping is built before the CRD exists), so the
+chart's own custom resources are then made by the post-install bootstrap Job instead. */}}
+{{- define "imagegate.served" -}}
+{{- if .ctx.Capabilities.APIVersions.Has .gvk -}}true{{- end -}}
+{{- end -}}
+
+{{/* registryCA: the volume (in the Pod's volumes list). */}}
+{{- define "imagegate.registryCA.volume" -}}
+{{- $ca := .Values.registryCA -}}
+{{- if and $ca.configMap $ca.secret -}}
+{{- fail "registryCA: set configMap or secret, not both" -}}
+{{- end -}}
+{{- if $ca.configMap }}
+- name: registry-ca
+  configMap:
+    name: {{ $ca.configMap }}
+    items:
+      - key: {{ $ca.key }}
+        path: {{ $ca.key }}
+{{- else if $ca.secret }}
+- name: registry-ca
+  secret:
+    secretName: {{ $ca.secret }}
+    items:
+      - key: {{ $ca.key }}
+        path: {{ $ca.key }}
+{{- end }}
+{{- end -}}
+
+{{/* registryCA: the read-only mount. */}}
+{{- define "imagegate.registryCA.mount" -}}
+{{- if or .Values.registryCA.configMap .Values.registryCA.secret }}
+- name: registry-ca
+  mountPath: /etc/imagegate/registry-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* registryCA: the registry client trusts every PEM file in the mounted directory. */}}
+{{- define "imagegate.registryCA.env" -}}
+{{- if or .Values.registryCA.configMap .Values.registryCA.secret }}
+- name: IMAGEGATE_REGISTRY_CA_FILE
+  value: /etc/imagegate/registry-ca
+{{- end }}
+{{- end -}}
+
+{{/* A hook Job's Pod spec basics: the project image, restricted, no retries forever. */}}
+{{- define "imagegate.hookPodSecurity" -}}
+securityContext:
+  {{- toYaml .Values.webhook.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
