@@ -186,7 +186,7 @@ def main() -> int:
         **BARE_API_VALUES,
         "webhook": {"external": {"url": f"https://127.0.0.1:{WEBHOOK_PORT}",
                                  "caBundle": certs.ca_bundle()}},
-        "policyReports": {"installCRDs": True},
+        "policyReports": {"installCRDs": "auto"},
         "policy": {"spec": {
             "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},
             "rules": {"allowedBases": {"references": [base]},

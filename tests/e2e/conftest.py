@@ -169,7 +169,7 @@ def installed(
                 },
                 **BARE_API_VALUES,
                 "operator": {"enabled": True},
-                "policyReports": {"installCRDs": True},
+                "policyReports": {"installCRDs": "auto"},
                 "policy": {
                     "spec": {
                         "exclude": {"namespaceSelector": {"matchLabels": {AUDIT_LABEL: "audit"}}},

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 from cryptography import x509
 
 from tests.e2e.conftest import run_helm
+from tests.support.chart import apply_chart_crds
 from tests.support.cluster import Cluster
 from tests.support.paths import CHART
 
@@ -27,6 +29,7 @@ QUIET = [
     "--set", "policy.create=false",
     "--set", "certificates.mode=helm",  # this test is about the chart-generated Secret
     "--set", "hooks.cleanup=false",  # no Job runs on a bare API server
+    "--set", "crds.install=false",  # shared with the other modules: apply_chart_crds
     "--set-json", 'webhook.objectSelector={"matchLabels":{"e2e.imagegate.dev/never":"true"}}',
 ]  # fmt: skip
 
@@ -52,6 +55,7 @@ def test_generated_certificate_survives_upgrades_and_matches_the_ca_bundle(
     cluster: Cluster, helm: str
 ) -> None:
     install = ["--namespace", NAMESPACE, "--create-namespace", *QUIET]
+    apply_chart_crds(helm, {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
     run_helm(helm, cluster, "install", RELEASE, str(CHART), *install)
     try:
         before, bundles = _tls(cluster)

@@ -24,13 +24,25 @@ CRDS = (
 
 
 def apply_chart_crds(helm: str, env: Mapping[str, str]) -> None:
-    """Apply the chart's CRDs (as `crds.install` renders them) and wait until they are served."""
+    """Apply the chart's CRDs (as `crds.install` renders them) and wait until they are served.
+
+    Forced: an earlier module's release may own them (the CRDs are kept on uninstall)."""
     rendered = subprocess.run(
         [helm, "template", "crds", str(CHART), "--show-only", "templates/crds.yaml"],
         capture_output=True, text=True, timeout=120, check=True, env=dict(env),
     ).stdout  # fmt: skip
     for args, stdin in (
-        (["apply", "--server-side", "-f", "-"], rendered),
+        (
+            [
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=imagegate-tests",
+                "-f",
+                "-",
+            ],
+            rendered,
+        ),
         (
             ["wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in CRDS)],
             None,
