@@ -142,12 +142,13 @@ def test_first_install_bootstraps_the_policy_and_peering_with_helm_ownership(
     render: Render,
 ) -> None:
     """CRDs not served yet (a first install, `helm template`): no ImagePolicy or
-    ClusterKopfPeering in the manifest (Helm could not map them), a post-install Job applies
-    them, annotated so the next upgrade adopts them."""
+    ClusterKopfPeering in the manifest (Helm could not map them), a Job applies them, annotated
+    so the next upgrade adopts them. Not a hook: `helm install --wait` runs post-install hooks
+    only once the webhook is Ready, and it is Ready only with a policy loaded."""
     rendered = render()
     assert rendered.kinds("ImagePolicy") == rendered.kinds("ClusterKopfPeering") == []
     job = rendered.one("Job", "ig-imagegate-bootstrap")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == [
         "install-objects",
@@ -155,7 +156,11 @@ def test_first_install_bootstraps_the_policy_and_peering_with_helm_ownership(
         "/etc/imagegate/bootstrap/objects.yaml",
     ]
     configmap = rendered.one("ConfigMap", "ig-imagegate-bootstrap")
-    assert configmap["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    assert "helm.sh/hook" not in configmap["metadata"].get("annotations", {})
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        assert "helm.sh/hook" not in rendered.one(kind, "ig-imagegate-bootstrap")["metadata"].get(
+            "annotations", {}
+        )
     objects = list(yaml.safe_load_all(configmap["data"]["objects.yaml"]))
     served = render(served=True)
     assert served.kinds("Job") == [served.one("Job", "ig-imagegate-cleanup")]

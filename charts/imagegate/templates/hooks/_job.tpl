@@ -9,10 +9,12 @@ metadata:
   namespace: {{ $.Release.Namespace }}
   labels:
     {{- include "imagegate.componentLabels" (dict "ctx" $ "component" "hook") | nindent 4 }}
+  {{- if .hook }}
   annotations:
     helm.sh/hook: {{ .hook }}
     helm.sh/hook-weight: "0"
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+  {{- end }}
 spec:
   backoffLimit: 3
   activeDeadlineSeconds: {{ $.Values.hooks.activeDeadlineSeconds }}
@@ -70,11 +72,14 @@ spec:
 {{- end -}}
 
 {{/* The hook's ServiceAccount and its (Cluster)Role bindings. Pass (dict "ctx" $ "name" NAME
-"hook" EVENTS "clusterRules" LIST "rules" LIST). */}}
+"hook" EVENTS "clusterRules" LIST "rules" LIST); an empty "hook" makes them release objects. */}}
 {{- define "imagegate.hookRBAC" -}}
 {{- $in := . -}}
 {{- $ := .ctx -}}
-{{- $meta := dict "helm.sh/hook" .hook "helm.sh/hook-weight" "-5" "helm.sh/hook-delete-policy" "before-hook-creation,hook-succeeded" -}}
+{{- $meta := dict -}}
+{{- if .hook }}
+{{- $meta = dict "helm.sh/hook" .hook "helm.sh/hook-weight" "-5" "helm.sh/hook-delete-policy" "before-hook-creation,hook-succeeded" -}}
+{{- end }}
 apiVersion: v1
 kind: ServiceAccount
 metadata:
@@ -82,8 +87,10 @@ metadata:
   namespace: {{ $.Release.Namespace }}
   labels:
     {{- include "imagegate.componentLabels" (dict "ctx" $ "component" "hook") | nindent 4 }}
+  {{- with $meta }}
   annotations:
-    {{- toYaml $meta | nindent 4 }}
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 automountServiceAccountToken: false
 {{- range $scope := list "Cluster" "" }}
 {{- $rules := ternary $in.clusterRules $in.rules (eq $scope "Cluster") }}
@@ -98,8 +105,10 @@ metadata:
   {{- end }}
   labels:
     {{- include "imagegate.componentLabels" (dict "ctx" $ "component" "hook") | nindent 4 }}
+  {{- with $meta }}
   annotations:
-    {{- toYaml $meta | nindent 4 }}
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 rules:
   {{- toYaml $rules | nindent 2 }}
 ---
@@ -112,8 +121,10 @@ metadata:
   {{- end }}
   labels:
     {{- include "imagegate.componentLabels" (dict "ctx" $ "component" "hook") | nindent 4 }}
+  {{- with $meta }}
   annotations:
-    {{- toYaml $meta | nindent 4 }}
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: {{ $scope }}Role
