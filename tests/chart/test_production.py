@@ -147,7 +147,7 @@ def test_first_install_bootstraps_the_policy_and_peering_with_helm_ownership(
     only once the webhook is Ready, and it is Ready only with a policy loaded."""
     rendered = render()
     assert rendered.kinds("ImagePolicy") == rendered.kinds("ClusterKopfPeering") == []
-    job = rendered.one("Job", "ig-imagegate-bootstrap")
+    job = rendered.one("Job", "ig-imagegate-bootstrap-1")
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:3] == [
@@ -163,7 +163,10 @@ def test_first_install_bootstraps_the_policy_and_peering_with_helm_ownership(
         )
     objects = list(yaml.safe_load_all(configmap["data"]["objects.yaml"]))
     served = render(served=True)
-    assert served.kinds("Job") == [served.one("Job", "ig-imagegate-cleanup")]
+    assert {j["metadata"]["name"] for j in served.kinds("Job")} == {
+        "ig-imagegate-cleanup",
+        "ig-imagegate-bootstrap-1",
+    }
     by_kind = {o["kind"]: o for o in objects}
     assert by_kind.keys() == {"ImagePolicy", "ClusterKopfPeering"}
     for kind, obj in by_kind.items():
@@ -179,6 +182,31 @@ def test_first_install_bootstraps_the_policy_and_peering_with_helm_ownership(
     ]
     names = {n for rule in binding_role["rules"] for n in rule["resourceNames"]}
     assert names == {"default", "imagegate"}
+
+
+def test_every_revision_reapplies_the_policy_because_helm_does_not_patch_what_it_adopts(
+    render: Render,
+) -> None:
+    """CRDs served (an upgrade): the objects are release objects, and the Job, named by revision,
+    applies them too: Helm adopts an object the previous manifest lacked without patching it, so
+    values changed by the first upgrade after a first install would otherwise be lost. There it
+    is a post-upgrade hook, so `helm upgrade` returns only once the new policy is applied."""
+    served = render(served=True)
+    assert served.kinds("ImagePolicy")
+    job = served.one("Job", "ig-imagegate-bootstrap-1")
+    for kind in ("Job", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        name = "ig-imagegate-bootstrap-1" if kind == "Job" else "ig-imagegate-bootstrap"
+        hook = served.one(kind, name)["metadata"]["annotations"]["helm.sh/hook"]
+        assert hook == "post-install,post-upgrade"
+    configmap = served.one("ConfigMap", "ig-imagegate-bootstrap")
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "objects", "configMap": {"name": "ig-imagegate-bootstrap"}} in volumes
+    [policy] = [
+        o
+        for o in yaml.safe_load_all(configmap["data"]["objects.yaml"])
+        if o["kind"] == "ImagePolicy"
+    ]
+    assert policy["spec"] == served.one("ImagePolicy")["spec"]
 
 
 def test_nothing_to_bootstrap_renders_no_job(render: Render) -> None:
@@ -489,4 +517,4 @@ def test_pre_delete_hook_deletes_exactly_the_webhook_configurations(render: Rend
 
 def test_pre_delete_hook_can_be_turned_off(render: Render) -> None:
     rendered = render(set=["hooks.cleanup=false"], served=True)
-    assert rendered.kinds("Job") == []
+    assert [j["metadata"]["name"] for j in rendered.kinds("Job")] == ["ig-imagegate-bootstrap-1"]

@@ -279,6 +279,10 @@ def release(
         summary.append(f"CRDs of a 0.1 install (crds/) handed to the release: {', '.join(adopted)}")
     started = time.monotonic()
     installed.upgrade()
+    # An earlier install (make kind-install, the docs walkthrough) bootstrapped the policy with
+    # other values: `helm upgrade` must have applied this release's (Helm adopts without patching).
+    live = kind.get("imagepolicy", "default")["spec"]
+    assert live["rules"]["allowedBases"]["references"] == [kind_images["base"]], live
     installed.wait_ready("webhook")
     installed.wait_ready("operator")
     summary.append(

@@ -1,11 +1,11 @@
 {{/* A hook Job running `imagegate ARGS` with the project image, restricted like the webhook.
-Pass (dict "ctx" $ "name" NAME "hook" EVENTS "args" LIST "volumes" LIST "mounts" LIST). */}}
+Pass (dict "ctx" $ "name" NAME ["jobName" NAME] "hook" EVENTS "args" LIST "volumes" LIST "mounts" LIST). */}}
 {{- define "imagegate.hookJob" -}}
 {{- $ := .ctx -}}
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: {{ .name }}
+  name: {{ .jobName | default .name }}
   namespace: {{ $.Release.Namespace }}
   labels:
     {{- include "imagegate.componentLabels" (dict "ctx" $ "component" "hook") | nindent 4 }}
