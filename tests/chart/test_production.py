@@ -209,6 +209,16 @@ def test_every_revision_reapplies_the_policy_because_helm_does_not_patch_what_it
     assert policy["spec"] == served.one("ImagePolicy")["spec"]
 
 
+def test_reapply_off_renders_no_hook_but_a_first_install_still_bootstraps(render: Render) -> None:
+    """`hooks.reapply=false` is for API servers where no Job runs: no hook to wait on once the
+    CRDs are served; without them the policy has no other way in, so the Job stays."""
+    served = render(set=["hooks.reapply=false"], served=True)
+    assert [j["metadata"]["name"] for j in served.kinds("Job")] == ["ig-imagegate-cleanup"]
+    assert served.kinds("ImagePolicy")
+    first = render(set=["hooks.reapply=false"])
+    assert "ig-imagegate-bootstrap-1" in [j["metadata"]["name"] for j in first.kinds("Job")]
+
+
 def test_nothing_to_bootstrap_renders_no_job(render: Render) -> None:
     rendered = render(set=["policy.create=false", "operator.enabled=false"])
     assert [j["metadata"]["name"] for j in rendered.kinds("Job")] == ["ig-imagegate-cleanup"]

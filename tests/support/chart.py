@@ -1,10 +1,10 @@
 """Installing the chart on a bare API server (no kubelet, no controller-manager: no Job runs).
 
-The chart's CRDs are release objects, and on a first install its default ImagePolicy and
-peering come from a post-install Job, and uninstall runs a pre-delete Job: on a bare API server
-`helm install`/`uninstall` would wait for Jobs that never run. So the CRDs are applied first
-(then the chart renders the policy and peering itself) and the chart is told to leave them and
-the cleanup hook out (`BARE_API_VALUES`).
+The chart's CRDs are release objects; its default ImagePolicy and peering come from a Job (a
+release object on a first install, then a post-install/post-upgrade hook), and uninstall runs a
+pre-delete Job: on a bare API server `helm install`/`uninstall` would wait for Jobs that never
+run. So the CRDs are applied first (then the chart renders the policy and peering itself) and the
+chart is told to leave them, the re-apply hook and the cleanup hook out (`BARE_API_VALUES`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from tests.support.paths import CHART
 
-BARE_API_VALUES = {"crds": {"install": False}, "hooks": {"cleanup": False}}
+BARE_API_VALUES = {"crds": {"install": False}, "hooks": {"cleanup": False, "reapply": False}}
 CRDS = (
     "imagepolicies.imagegate.dev",
     "imagerebuilds.imagegate.dev",
