@@ -935,3 +935,20 @@ async def test_a_token_realm_must_be_https_or_the_registry_itself(
                 await c.get_manifest(registry.ref("app:1"))
         else:
             await c.get_manifest(registry.ref("app:1"))
+
+
+async def test_a_cookie_a_registry_sets_is_never_sent_back(
+    registry: FakeRegistry, client: RegistryClient
+) -> None:
+    """One client serves every tenant: a session cookie a registry (or its token server) sets
+    on one tenant's request must not ride along on the next tenant's, where a registry that
+    authenticates by session would hand it the first tenant's images."""
+    for repo in ("team-a/app", "team-b/app"):
+        digest, body = registry.add_image(repo)
+        headers = {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": digest,
+                   "Set-Cookie": f"session={repo.split('/')[0]}; Path=/"}  # fmt: skip
+        registry.routes[f"/v2/{repo}/manifests/1"] = Reply(200, body, headers)
+    await client.inspect(registry.ref("team-a/app:1"), AMD64)
+    await client.inspect(registry.ref("team-b/app:1"), AMD64)
+    assert registry.count("/v2/team-b/app/manifests/1") == 1
+    assert [s.headers["cookie"] for s in registry.seen if "cookie" in s.headers] == []

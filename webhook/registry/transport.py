@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import http.cookiejar
 import importlib.util
 import ipaddress
 import json
@@ -158,6 +159,11 @@ class RegistryTransport:
             follow_redirects=False,
             limits=limits,
             event_hooks={"request": [self._vet_hop]},
+            # One client serves every tenant: a cookie one tenant's request got (a registry
+            # or token server session) must never be replayed on another's.
+            cookies=http.cookiejar.CookieJar(
+                http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+            ),
         )
         self._redirect_networks = _networks(settings.redirect_networks)
         # asked twice per request; a pure function of the host (the settings are fixed), and
