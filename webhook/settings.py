@@ -116,8 +116,12 @@ class WebhookSettings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=10.0, gt=0, description="A request's body must arrive within this; else 408."
     )
+    # Longer than the API server's own idle timeout (Go's IdleConnTimeout, 90 s), so the client
+    # closes an idle connection first: a server closing it can race a request the API server
+    # just wrote on it, which fails with EOF (not retried: a POST) and, with failurePolicy
+    # Fail, refuses the admission.
     keep_alive_seconds: float = Field(
-        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+        default=120.0, gt=0, description="Idle keep-alive connections are closed after this."
     )
     metrics_port: int = Field(
         default=8081,
@@ -174,6 +178,14 @@ class WebhookSettings(BaseSettings):
     )
     kubeconfig: str | None = Field(
         default=None, description="Kubeconfig path; default in-cluster config, then KUBECONFIG."
+    )
+    log_denies: bool = Field(
+        default=False,
+        description=(
+            "Also write the audit record (a JSON log line) for denied requests; admitted ones "
+            "with problems always get one. Off by default, as Gatekeeper's --log-denies: a "
+            "denial is already in the client's answer, the API server's audit log and metrics."
+        ),
     )
     record_reports: bool = Field(
         default=True,

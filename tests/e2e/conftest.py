@@ -204,6 +204,7 @@ def installed(
         "IMAGEGATE_WEBHOOK_KUBERNETES": "required",
         "IMAGEGATE_NAMESPACE": SYSTEM,
         "IMAGEGATE_WEBHOOK_POLICY_REFRESH_SECONDS": "0.5",
+        "IMAGEGATE_WEBHOOK_LOG_DENIES": "true",  # a dry run's missing record then means something
         "DOCKER_CONFIG": str(empty_docker_config),  # only pull secrets may open private images
     }
 

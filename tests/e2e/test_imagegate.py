@@ -79,7 +79,11 @@ def test_server_side_dry_run_has_no_side_effects(
     )
     assert admitted.returncode == 0, admitted.stderr
     assert installed.kubectl("get", "pod", "dry-good", "-n", namespace, check=False).returncode != 0
-    assert f"Pod {namespace}/dry-bad" not in _audit_subjects(installed.webhook)
+    real = installed.apply(pod("real-bad", fixture_images["zero"]), "-n", namespace)
+    assert real.returncode != 0
+    subjects = _audit_subjects(installed.webhook)
+    assert f"Pod {namespace}/real-bad" in subjects  # denials are recorded (logDenies)...
+    assert f"Pod {namespace}/dry-bad" not in subjects  # ...but not dry runs
 
 
 def test_audit_mode_admits_and_kubectl_prints_the_warnings(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from webhook.admission.fastpath import encode
 from webhook.admission.metrics_port import MetricsServer
 from webhook.admission.models import AdmissionResponse, Status, review_json
 from webhook.admission.server import _GuardedHttpTools, _metrics_server
+from webhook.admission.server import run as serve_run
 from webhook.context import ProcessContext
 from webhook.k8s.cluster import NoCluster
 from webhook.logs import admission_uid
@@ -240,21 +242,41 @@ class _Uids(logging.Handler):
         self.seen.append((record.getMessage(), admission_uid.get()))
 
 
-def test_lines_logged_while_answering_carry_the_uid(client: TestClient) -> None:
+def _logged_while_answering(
+    app: WebhookApp, review: dict[str, Any]
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     handler = _Uids()
     logger = logging.getLogger("imagegate")
     logger.addHandler(handler)
     previous = logger.level
     logger.setLevel(logging.DEBUG)
     try:
-        client.post("/validate", json=_denied_review(uid="uid-of-this-review"))
+        with TestClient(app) as client:
+            answer = client.post("/validate", json=review).json()["response"]
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
-    audit = [uid for message, uid in handler.seen if message == "admission audit record"]
+    return handler.seen, answer
+
+
+def test_lines_logged_while_answering_carry_the_uid() -> None:
+    seen, answer = _logged_while_answering(
+        _app(log_denies=True), _denied_review(uid="uid-of-this-review")
+    )
+    assert answer["allowed"] is False
+    audit = [uid for message, uid in seen if message == "admission audit record"]
     assert audit == ["uid-of-this-review"]
-    assert ("admission", "uid-of-this-review") in handler.seen
+    assert ("admission", "uid-of-this-review") in seen
     assert admission_uid.get() == ""  # and it does not leak past the answer
+
+
+def test_a_denial_writes_no_audit_record_unless_log_denies() -> None:
+    """As Gatekeeper's --log-denies (default off): the denial is in the answer, the API
+    server's audit log and the metrics; admitted problems always get a record (test_webhook)."""
+    assert WebhookSettings().log_denies is False
+    seen, answer = _logged_while_answering(_app(), _denied_review(uid="uid-of-this-review"))
+    assert answer["allowed"] is False
+    assert [m for m, _ in seen if m == "admission audit record"] == []
 
 
 RESPONSES = {
@@ -591,3 +613,12 @@ async def test_a_metrics_port_in_use_is_logged_and_admission_goes_on(
     assert record.levelname == "ERROR"
     assert record.__dict__["port"] == port
     assert await _metrics_server(lambda: b"", "127.0.0.1", 0) is None  # 0: off
+
+
+def test_idle_connections_outlive_the_api_server_s_own_idle_timeout() -> None:
+    """The API server (Go's http.Transport, IdleConnTimeout 90 s) must close an idle
+    connection before we do: when the server closes first, a review written at that moment
+    fails with EOF, is not retried (a POST), and failurePolicy Fail refuses the admission."""
+    go_idle_conn_timeout = 90.0
+    assert WebhookSettings().keep_alive_seconds > go_idle_conn_timeout
+    assert inspect.signature(serve_run).parameters["keep_alive"].default > go_idle_conn_timeout

@@ -155,7 +155,7 @@ def run(
     reload_seconds: float,
     shutdown_delay: float = 0.0,
     head_timeout: float = 10.0,
-    keep_alive: float = 5.0,
+    keep_alive: float = 120.0,
     *,
     metrics_port: int = 0,
     metrics: Callable[[], bytes | None] | None = None,

@@ -143,14 +143,15 @@ class AdmissionService:
         findings = await self._check(scope, request)
         by_name = {p.name: p for p in (*scope.policies, *scope.unknown_labels)}
         decision = decide(request.uid, scope.subject, findings, by_name)
-        if self._recorder is not None and decision.response.allowed and not request.dry_run:
+        allowed = decision.response.allowed
+        if self._recorder is not None and allowed and not request.dry_run:
             await self._record(request, findings, by_name)
-        if decision.problems and not request.dry_run:
+        if decision.problems and not request.dry_run and (allowed or self._settings.log_denies):
             log.info(
                 "admission audit record",
                 extra={
                     "subject": scope.subject,
-                    "allowed": decision.response.allowed,
+                    "allowed": allowed,
                     "problems": [
                         {
                             "container": p.container.name,
