@@ -219,6 +219,14 @@ def test_reapply_off_renders_no_hook_but_a_first_install_still_bootstraps(render
     assert "ig-imagegate-bootstrap-1" in [j["metadata"]["name"] for j in first.kinds("Job")]
 
 
+@pytest.mark.parametrize(
+    ("sets", "expected"), [([], "false"), (["webhook.logDenies=true"], "true")]
+)
+def test_log_denies_reaches_the_webhook(render: Render, sets: list[str], expected: str) -> None:
+    """Off by default as Gatekeeper's --log-denies; the setting the webhook reads is set."""
+    assert _env(_container(render(set=sets)))["IMAGEGATE_WEBHOOK_LOG_DENIES"] == expected
+
+
 def test_nothing_to_bootstrap_renders_no_job(render: Render) -> None:
     rendered = render(set=["policy.create=false", "operator.enabled=false"])
     assert [j["metadata"]["name"] for j in rendered.kinds("Job")] == ["ig-imagegate-cleanup"]
