@@ -39,6 +39,19 @@ class CertFiles:
         return base64.b64encode(source.read_bytes()).decode()
 
 
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    key_cert_sign=True,
+    crl_sign=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def self_signed(hosts: list[str], directory: Path, days: int = 365) -> CertFiles:
     """A new CA and a serving certificate for `hosts` (DNS names or IPs), written to `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -54,20 +67,7 @@ def self_signed(hosts: list[str], directory: Path, days: int = 365) -> CertFiles
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_CA_KEY_USAGE, critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -91,16 +91,10 @@ def self_signed(hosts: list[str], directory: Path, days: int = 365) -> CertFiles
         .sign(ca_key, hashes.SHA256())
     )
     files = CertFiles(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[union-attr]
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.ca.write_bytes(_pem(ca_cert))  # type: ignore[union-attr]
+    files.cert.write_bytes(_pem(cert))
     files.key.touch(mode=0o600)
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    files.key.write_bytes(_pem_key(key))
     return files
 
 
@@ -305,19 +299,6 @@ def _cert_problem(
     if cert.not_valid_after_utc - now <= policy.renewal_margin(policy.cert_lifetime):
         return f"the serving certificate expires {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
     return None
-
-
-_CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    key_cert_sign=True,
-    crl_sign=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 def _new_ca(
