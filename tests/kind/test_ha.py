@@ -101,6 +101,18 @@ def test_helm_upgrade_upgrades_a_changed_crd(
     assert {p["metadata"]["uid"] for p in kind.items("imagepolicies")} == policies
 
 
+def _opted_out_namespace(kind: Kind, name: str) -> None:
+    """Namespace `name`, labelled so that no imagegate webhook checks what runs in it."""
+    labels = {"imagegate.dev/ignore": "true"}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }
+    answer = kind.apply(namespace)
+    assert answer.returncode == 0, answer.stderr
+
+
 SECOND = "imagegate-second"
 
 
@@ -132,14 +144,7 @@ def second_install(kind: Kind, release: Release, tmp_path: Path) -> Iterator[dic
     path.write_text(yaml.safe_dump(values))
     before = {crd: kind.get("crd", crd)["metadata"]["resourceVersion"] for crd in REPORT_CRDS}
     # Opted out of the first release's webhook (whose enforce policy is not about imagegate).
-    labels = {"imagegate.dev/ignore": "true"}
-    namespace = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": SECOND, "labels": labels},
-    }
-    answer = kind.apply(namespace)
-    assert answer.returncode == 0, answer.stderr
+    _opted_out_namespace(kind, SECOND)
     kind.helm(
         "install", SECOND, str(CHART), "--namespace", SECOND, "--values", str(path),
         "--wait", "--timeout", "5m",
@@ -201,14 +206,7 @@ BOOT = "imagegate-boot"
 
 @pytest.fixture
 def boot_namespace(kind: Kind, release: Release) -> Iterator[str]:
-    labels = {"imagegate.dev/ignore": "true"}  # imagegate's own image is not under test here
-    namespace = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": BOOT, "labels": labels},
-    }
-    answer = kind.apply(namespace)
-    assert answer.returncode == 0, answer.stderr
+    _opted_out_namespace(kind, BOOT)  # imagegate's own image is not under test here
     try:
         yield BOOT
     finally:
