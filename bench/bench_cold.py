@@ -57,7 +57,7 @@ from tests.support.registry import RegistryProcess, start_registry  # noqa: E402
 from tests.support.small_image import review  # noqa: E402
 from tests.support.token_server import SERVICE, TokenServer  # noqa: E402
 from tests.unit.fakes import FakeCluster  # noqa: E402
-from webhook.admission.models import AdmissionRequest  # noqa: E402
+from webhook.admission.models import review_from  # noqa: E402
 from webhook.admission.service import AdmissionService  # noqa: E402
 from webhook.context import ProcessContext  # noqa: E402
 from webhook.policy.model import ImagePolicy  # noqa: E402
@@ -197,7 +197,7 @@ class Bench:
     async def admit(self, images: list[str]) -> tuple[bool, float, float]:
         """One admission: (allowed, own CPU seconds, wall seconds)."""
         body = review(*({"image": i} for i in images))
-        request = AdmissionRequest.model_validate(body["request"])
+        request = review_from(body).request
         cpu, wall = time.thread_time(), time.perf_counter()
         decision = await self.service.validate(request)
         own, took = time.thread_time() - cpu, time.perf_counter() - wall

@@ -387,9 +387,9 @@ def test_mutate_swaps_in_a_replacement(
             id="v1beta1",
         ),
         pytest.param(
-            json.dumps({**review("Pod", {}), "request": {"kind": {}}}).encode(),
+            json.dumps({**review("Pod", {}), "request": {}}).encode(),
             400,
-            "request.uid",
+            "missing required field `uid` - at `$.request`",
             id="no-uid",
         ),
         pytest.param(b"{" + b" " * (4 * 1024 * 1024) + b"}", 413, "over the", id="too-large"),

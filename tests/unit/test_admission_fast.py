@@ -111,7 +111,7 @@ def _with(path: str, value: Any) -> bytes:
     ("body", "status", "says"),
     [
         pytest.param(b"", 400, "empty request body", id="empty"),
-        pytest.param(b"{not json", 400, "not an admission.k8s.io/v1 AdmissionReview", id="garbage"),
+        pytest.param(b"{not json", 400, "AdmissionReview: the body is not JSON (", id="garbage"),
         pytest.param(b"[1,2,3]", 400, "AdmissionReview", id="json-array"),
         pytest.param(_with("kind", "Pod"), 400, "kind", id="wrong-kind"),
         pytest.param(
@@ -120,8 +120,12 @@ def _with(path: str, value: Any) -> bytes:
             "apiVersion",
             id="wrong-api-version",
         ),
-        pytest.param(_without_uid(), 400, "request.uid", id="missing-uid"),
-        pytest.param(_with("request", {"uid": ""}), 400, "request.uid", id="empty-uid"),
+        pytest.param(
+            _without_uid(), 400, "missing required field `uid` - at `$.request`", id="missing-uid"
+        ),
+        pytest.param(
+            _with("request", {"uid": ""}), 400, "length >= 1 - at `$.request.uid`", id="empty-uid"
+        ),
         pytest.param(
             b"{" + b" " * LIMIT + b"}", 413, f"over the {LIMIT} byte limit", id="too-large"
         ),
@@ -322,7 +326,20 @@ def test_a_review_with_a_lone_surrogate_is_a_400_not_a_500(client: TestClient) -
     body = json.dumps(_allowed_review(uid="\udcff")).encode()  # \udcff escaped in the JSON
     answer = client.post("/validate", content=body)
     assert answer.status_code == 400
-    assert "lone leading surrogate" in answer.text
+    assert "the body is not JSON (JSON is malformed: invalid utf-16 surrogate pair" in answer.text
+
+
+@pytest.mark.parametrize("where", ['"request":', '"spec":'])
+def test_a_review_nested_too_deeply_is_a_400_not_a_500(client: TestClient, where: str) -> None:
+    """msgspec recurses once per nesting level, and the depth is the tenant's to choose: in a
+    field the envelope skips, and in the object (a plain dict, decoded whole)."""
+    deep = b"[" * 30_000 + b"]" * 30_000  # 60 kB, under the body limit
+    text = json.dumps(_allowed_review()).replace(where, f'"deep": DEEP, {where}', 1)
+    assert "DEEP" in text
+    body = text.encode().replace(b"DEEP", deep)
+    answer = client.post("/validate", content=body)
+    assert answer.status_code == 400
+    assert "nested too deeply" in answer.text
 
 
 # --- a real uvicorn server over a real socket: one write per response ---------------------------

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from tests.unit.fakes import (
     BIG,
@@ -35,7 +34,12 @@ from tests.unit.fakes import (
     image,
     policy,
 )
-from webhook.admission.models import AdmissionRequest, AdmissionResponse, AdmissionReview
+from webhook.admission.models import (
+    AdmissionRequest,
+    AdmissionResponse,
+    ReviewError,
+    review_from,
+)
 from webhook.admission.service import MUTATIONS_ANNOTATION, AdmissionService
 from webhook.errors import ImagegateError, RegistryUnauthorized
 from webhook.policy.model import ImagePolicy
@@ -142,7 +146,7 @@ def review(
 
 
 def parsed(body: dict[str, Any]) -> AdmissionRequest:
-    return AdmissionReview.model_validate(body).request
+    return review_from(body).request
 
 
 # ---- the service, with fakes at its edges
@@ -933,8 +937,8 @@ async def test_errors_are_not_cached_so_a_recovered_registry_is_asked_again() ->
 )
 def test_malformed_reviews_never_reach_the_service(body: dict[str, Any]) -> None:
     """The routes answer 400 for these (tests/integration/test_webhook.py)."""
-    with pytest.raises(ValidationError):
-        AdmissionReview.model_validate(body)
+    with pytest.raises(ReviewError):
+        review_from(body)
 
 
 @pytest.mark.parametrize(

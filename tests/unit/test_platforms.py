@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from pydantic import ValidationError
 
@@ -39,7 +40,7 @@ from tests.unit.fakes import (
     image,
     policy,
 )
-from webhook.admission.models import AdmissionReview
+from webhook.admission.models import review_from
 from webhook.admission.service import AdmissionService
 from webhook.errors import RegistryUnavailable
 from webhook.operator.scan import Scanner
@@ -601,7 +602,7 @@ def pod_review(image_ref: str, kind: str = "Pod", **pod_spec: Any) -> Any:
             "dryRun": False,
         },
     }
-    return AdmissionReview.model_validate(review).request
+    return review_from(review).request
 
 
 @pytest.mark.parametrize("kind", ["Pod", "Deployment"])
@@ -641,11 +642,11 @@ async def test_moving_a_deployment_to_arm64_nodes_checks_its_images_again() -> N
     svc = service(FakeRegistry(ANSWERS))
     before = pod_review(MULTI, "Deployment", nodeSelector={ARCH: "amd64"})
     after = pod_review(MULTI, "Deployment", nodeSelector={ARCH: "arm64"})
-    update = after.model_copy(update={"operation": "UPDATE", "old_object": before.object})
+    update = msgspec.structs.replace(after, operation="UPDATE", old_object=before.object)
     assert (await svc.validate(before)).response.allowed is True
     decision = await svc.validate(update)
     assert decision.response.allowed is False
-    unchanged = after.model_copy(update={"operation": "UPDATE", "old_object": after.object})
+    unchanged = msgspec.structs.replace(after, operation="UPDATE", old_object=after.object)
     assert (await svc.validate(unchanged)).response.allowed is True  # nothing re-checked
 
 

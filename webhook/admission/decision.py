@@ -8,8 +8,8 @@ how to fix it; warnings are kept short because the API server truncates long one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from webhook.admission.models import AdmissionResponse, Status
 from webhook.policy.checker import CheckResult
@@ -22,17 +22,18 @@ MAX_WARNINGS = 12
 MODE_RANK = {Mode.audit: 0, Mode.warn: 1, Mode.enforce: 2}
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One container's check result."""
 
     container: Container
     result: CheckResult
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A violation or an inspection error, with the mode that decides what it does."""
+class Problem(NamedTuple):
+    """A violation or an inspection error, with the mode that decides what it does.
+
+    (Immutable tuples rather than frozen dataclasses: a warm denial builds one per problem,
+    and a frozen dataclass sets each field through `object.__setattr__`.)"""
 
     container: Container
     image: str
@@ -42,17 +43,16 @@ class Problem:
     policy: str
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     response: AdmissionResponse
-    problems: list[Problem] = field(default_factory=list)
+    problems: Sequence[Problem] = ()
 
 
 def problems_of(finding: Finding, policies: Mapping[str, ImagePolicy]) -> list[Problem]:
     """Every problem of one container, each with its effective mode."""
     result = finding.result
-    applied = [policies[name] for name in result.policies if name in policies]
     if result.verdict == "error":
+        applied = [policies[name] for name in result.policies if name in policies]
         deny = any(p.spec.on_error is OnError.deny for p in applied)
         mode = Mode.enforce if deny else Mode.warn
         on_error = "onError: deny" if deny else "onError: allow"

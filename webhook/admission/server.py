@@ -29,43 +29,50 @@ class _GuardedHttpTools(HttpToolsProtocol):
     head a byte at a time: 300 such clients would hold 300 connections for as long as they
     like. The head of every request must now arrive within `head_timeout` seconds of the
     connection (or of its first byte on a kept-alive one), else the connection is closed.
+
+    One timer per connection, not per request: a request only notes when its head began (and
+    that it is complete), and the timer, when it fires, closes the connection if a pending head
+    is overdue or sets itself for when the pending one will be (arming and cancelling a timer
+    per request cost a microsecond of every admission).
     """
 
     head_timeout = 10.0
     _head_timer: asyncio.TimerHandle | None = None
+    _head_since: float | None = None  # loop time the pending head began; None: none pending
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._head_since = self.loop.time()
+        self._head_timer = self.loop.call_at(self._head_since + self.head_timeout, self._check_head)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        self._head_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._head_since = None
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and not isinstance(cycle.transport, _OneWrite):
             cycle.transport = _OneWrite(self.transport, cycle)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._too_slow)
-
-    def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
 
-    def _too_slow(self) -> None:
-        log.debug("closing a connection whose request head did not arrive in time")
-        if not self.transport.is_closing():
-            self.transport.close()
+    def _check_head(self) -> None:
+        since, now = self._head_since, self.loop.time()
+        # (the loop's clock has millisecond steps: a timer may fire a hair before its time)
+        if since is not None and now - since >= self.head_timeout - 0.001:
+            self._head_timer = None
+            log.debug("closing a connection whose request head did not arrive in time")
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        due = (now if since is None else since) + self.head_timeout
+        self._head_timer = self.loop.call_at(due, self._check_head)
 
 
 class _OneWrite:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import operator
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -459,15 +458,11 @@ async def _known_base(
 
 def _digest(container: ContainerContext | None) -> str:
     """The container context as exact text, for `_result_key` (which hashes the whole key, so
-    a megabyte command still makes a 64-character key): its fields' values in order, every
-    field (`_context_fields` is read from the dataclass, so a new field is never left out)."""
+    a megabyte command still makes a 64-character key): every field's value in order, as a
+    plain tuple's repr (C code; a new field is never left out)."""
     if container is None:
         return "None"
-    return repr(_context_fields(container))
-
-
-# Every field of ContainerContext as one tuple, in C (a dataclass repr costs several times more).
-_context_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(ContainerContext)))
+    return repr(tuple(container))
 
 
 def _fingerprint(image: str, keyring: Keyring | None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook.policy.model import Mode, Severity
 
@@ -38,12 +38,12 @@ class RuleOutcome:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class ContainerContext:
+class ContainerContext(NamedTuple):
     """The parts of a Pod that change what runs: command/args and securityContext users.
 
     None fields mean "not set in the pod spec", so the image's value applies. Hashable (tuples),
-    because check results are cached per container context.
+    because check results are cached per container context. A NamedTuple: every admission
+    builds one per container, at a third of a frozen dataclass's cost.
     """
 
     command: tuple[str, ...] | None = None

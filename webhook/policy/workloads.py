@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook.policy.outcome import ContainerContext
 
@@ -58,10 +58,11 @@ ADMITTED_RESOURCES: tuple[AdmittedResource, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Container:
+class Container(NamedTuple):
+    """One container of an admitted object (a NamedTuple: built per container per review)."""
+
     list_name: str
-    index: int
+    position: int  # in its list (`index` would shadow tuple.index)
     name: str
     image: str
     context: ContainerContext
@@ -70,12 +71,14 @@ class Container:
     @property
     def image_pointer(self) -> str:
         """JSON pointer of this container's `image` field, for a JSONPatch."""
-        return "/" + "/".join((*self.spec_path, self.list_name, str(self.index), "image"))
+        return "/" + "/".join((*self.spec_path, self.list_name, str(self.position), "image"))
 
     @property
     def label(self) -> str:
-        kind = {"initContainers": "init container ", "ephemeralContainers": "ephemeral container "}
-        return f"{kind.get(self.list_name, 'container ')}{self.name}"
+        return f"{_LABELS.get(self.list_name, 'container ')}{self.name}"
+
+
+_LABELS = {"initContainers": "init container ", "ephemeralContainers": "ephemeral container "}
 
 
 @dataclass(frozen=True)
