@@ -29,6 +29,7 @@ import socket
 import ssl
 import sys
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from webhook.registry.auth import (
     pull_scope,
     token_request,
 )
+from webhook.registry.lean import LeanHTTP
 from webhook.registry.network import PooledTransport
 from webhook.registry.reference import Reference, normalize_host
 from webhook.registry.tls import registry_ssl_context
@@ -146,8 +148,13 @@ class RegistryTransport:
             max_keepalive_connections=200,
             keepalive_expiry=settings.keepalive_seconds,
         )
+        # Small plain-HTTP GETs skip httpx (`webhook.registry.lean`), but only beside our own
+        # pooled transport: not through proxies, nor past a transport a test injects.
+        self._lean: LeanHTTP | None = None
         if http_transport is None:
             http_transport = _pooled(verify, settings.http2, limits)
+            if http_transport is not None:
+                self._lean = LeanHTTP(settings.keepalive_seconds, USER_AGENT)
         self._http = httpx.AsyncClient(
             transport=http_transport,
             verify=verify,
@@ -173,6 +180,8 @@ class RegistryTransport:
         self._challenges = ChallengeMemory(timer=timer)
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._http.aclose()
 
     # ---- addressing ----------------------------------------------------------------------------
@@ -557,6 +566,12 @@ class RegistryTransport:
     async def _read(
         self, request: httpx.Request, limit: int, follow_redirects: bool, sink: Sink | None
     ) -> Reply:
+        if sink is None and self._lean is not None and _lean_eligible(request):
+            reply = await self._read_lean(request, limit)
+            location = reply.headers.get("location") if reply.status in _REDIRECTS else None
+            if not (follow_redirects and location):
+                return reply
+            request = _redirected(request, location)  # httpx goes on from here
         response = await self._http.send(request, stream=True, follow_redirects=follow_redirects)
         try:
             ok = 200 <= response.status_code < 300
@@ -579,6 +594,35 @@ class RegistryTransport:
             return Reply(response.status_code, response.headers, b"".join(chunks))
         finally:
             await response.aclose()
+
+    async def _read_lean(self, request: httpx.Request, limit: int) -> Reply:
+        """`_read` for a small plain-HTTP GET: the same limits, the same Reply."""
+        assert self._lean is not None
+        url = request.url
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in request.headers.raw
+            if name.lower() not in _LEAN_SETS
+        ]
+        target = url.raw_path.decode("ascii")
+        answer = await self._lean.get(
+            url.host, url.port or 80, target, headers, max(limit, _ERROR_BODY_LIMIT)
+        )
+        reply_headers = httpx.Headers(answer.headers)
+        ok = 200 <= answer.status < 300
+        body = answer.body
+        encoding = reply_headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):  # not asked for, but decoded as httpx would
+            body = _decoded(body, encoding, max(limit, _ERROR_BODY_LIMIT) + 1)
+        if ok:
+            length = reply_headers.get("content-length", "")
+            if length.isascii() and length.isdigit() and int(length) > limit:
+                raise _TooLarge(int(length), exact=True, limit=limit)
+            if len(body) > limit:
+                raise _TooLarge(len(body), exact=False, limit=limit)
+        else:
+            body = body[:_ERROR_BODY_LIMIT]
+        return Reply(answer.status, reply_headers, body)
 
 
 # ---- the one status → exception mapping ----------------------------------------------------
@@ -643,6 +687,47 @@ def _unauthorized(
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Headers the lean client writes itself, or must not pass on (it asks for no compression).
+_LEAN_SETS = frozenset({b"host", b"user-agent", b"accept-encoding", b"connection"})
+
+
+def _lean_eligible(request: httpx.Request) -> bool:
+    """A GET without a body to a plain-HTTP origin (HTTPS stays on httpx, for HTTP/2)."""
+    return (
+        request.method == "GET"
+        and request.url.scheme == "http"
+        and "content-length" not in request.headers
+        and "transfer-encoding" not in request.headers
+    )
+
+
+def _decoded(body: bytes, encoding: str, cap: int) -> bytes:
+    """A gzip or deflate body, decoded to at most `cap` bytes (a small bomb stays small)."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+    if encoding not in wbits:
+        raise httpx.DecodingError(f"the body is {encoding}-encoded, which imagegate does not read")
+    decoder = zlib.decompressobj(wbits[encoding])
+    try:
+        out = decoder.decompress(body, cap)
+    except zlib.error as err:
+        raise httpx.DecodingError(f"{encoding}: {err}") from None
+    if len(out) < cap and not decoder.eof:
+        raise httpx.DecodingError(f"{encoding}: the compressed body ends early")
+    return out
+
+
+def _redirected(request: httpx.Request, location: str) -> httpx.Request:
+    """The GET a redirect asks for, as httpx would make it: credentials only to the same
+    origin (scheme, host and port)."""
+    url = request.url.join(location)
+    headers = request.headers.copy()
+    del headers["host"]
+    if (url.scheme, url.host, url.port) != (request.url.scheme, request.url.host, request.url.port):
+        headers.pop("authorization", None)
+    return httpx.Request("GET", url, headers=headers, extensions=request.extensions)
 
 
 _ORIGIN: ContextVar[str | None] = ContextVar("imagegate_request_origin", default=None)
