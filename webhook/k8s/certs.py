@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,30 +164,49 @@ class CertStore:
     async def wait_for_change(self, resource_version: str | None, seconds: float) -> bool:
         """Block until the Secret changes after `resource_version` (True) or `seconds`
         pass (False). A watch with a `metadata.name` field selector, so RBAC can restrict it to
-        this one Secret with resourceNames."""
+        this one Secret with resourceNames.
+
+        A Secret that has not changed for a while has a version older than the API server keeps
+        watch history for, and a watch from it is refused at once (410 Gone). That is no
+        change: whether it changed is what a list says, and when it did not, the watch goes on
+        from the list's own (current) version. (Answering "changed" to every 410 made the
+        rotator re-check in a tight loop, a third of a CPU per replica, once the Secret had
+        been unchanged for some minutes.)
+        """
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
         new_watch: Any = watch.Watch
+        selector = f"metadata.name={self.name}"
 
         def wait() -> bool:
-            stream = new_watch()
-            try:
-                for _event in stream.stream(
-                    self._core.list_namespaced_secret,
-                    self.namespace,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=resource_version or None,
-                    timeout_seconds=max(1, int(seconds)),
-                    _request_timeout=seconds + TIMEOUT,
-                ):
+            version = resource_version or None
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                stream = new_watch()
+                try:
+                    for _event in stream.stream(
+                        self._core.list_namespaced_secret,
+                        self.namespace,
+                        field_selector=selector,
+                        resource_version=version,
+                        timeout_seconds=max(1, int(left)),
+                        _request_timeout=left + TIMEOUT,
+                    ):
+                        return True
+                    return False
+                except ApiException as err:
+                    if err.status != 410:
+                        raise
+                finally:
+                    stream.stop()
+                listed = self._core.list_namespaced_secret(
+                    self.namespace, field_selector=selector, _request_timeout=TIMEOUT
+                )
+                now = [str(item.metadata.resource_version) for item in listed.items or []]
+                if now != ([resource_version] if resource_version else []):
                     return True
-            except ApiException as err:
-                if err.status == 410:  # resourceVersion too old: something may have changed
-                    return True
-                raise
-            finally:
-                stream.stop()
+                version = str(listed.metadata.resource_version)
             return False
 
         return await call(wait, f"watch {self.where}")
