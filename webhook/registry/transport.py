@@ -35,7 +35,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from urllib.parse import urljoin
+from typing import NamedTuple
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -197,6 +198,18 @@ class RegistryTransport:
         base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}/"
         return urljoin(base, path)
 
+    def _lean_address(self, ref: Reference, host: str, path: str) -> tuple[str, int, str] | None:
+        """(host, port, target) of a GET the lean client can send: a plain-HTTP registry, and a
+        plain relative path under /v2/<repo>/ (anything else goes through httpx's URL rules)."""
+        if self._lean is None or "://" in path or path.startswith("/") or ".." in path:
+            return None
+        if "#" in path or not (self.uses_plain_http(ref.registry) or self.uses_plain_http(host)):
+            return None
+        address = _host_port(host)
+        if address is None:
+            return None
+        return (*address, f"/v2/{ref.repository}/{path}")
+
     def uses_plain_http(self, host: str) -> bool:
         """Loopback registries and configured insecure ones speak HTTP, as in Docker/containerd."""
         return self._plain_http(host)
@@ -253,23 +266,33 @@ class RegistryTransport:
         """
         kr = keyring if keyring is not None else self.keyring
         host = self.api_host(ref)
-        try:
-            url = httpx.URL(self.url(ref, path))  # parsed once: build() reuses it
-            own_host = url.netloc.decode("ascii", "replace") == host
-        except (httpx.InvalidURL, ValueError) as exc:
-            raise RegistryError(
-                f"cannot address {what} on {host}: {exc}", reference=str(ref)
-            ) from None
+        lean = None
+        if method == "GET" and content is None and sink is None:
+            lean = self._lean_address(ref, host, path)
+        url: httpx.URL | None = None
+        if lean is None:
+            try:
+                url = httpx.URL(self.url(ref, path))  # parsed once: build() reuses it
+                own_host = url.netloc.decode("ascii", "replace") == host
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise RegistryError(
+                    f"cannot address {what} on {host}: {exc}", reference=str(ref)
+                ) from None
+        else:
+            own_host = True  # a path under the registry's own /v2/<repo>/
         scopes = tuple(scopes) or (pull_scope(ref.repository),)
         token_key = (host, " ".join(scopes), kr.fingerprint(ref.registry))
         authorization = self._tokens.get(token_key)
         transfer = sink is not None or callable(content)
         cap = limit if limit is not None else self.settings.max_manifest_bytes
 
-        def build() -> httpx.Request:
+        def build() -> httpx.Request | LeanRequest:
             hdrs = dict(headers or {})
             if authorization and own_host:
                 hdrs["Authorization"] = authorization
+            if lean is not None:
+                return LeanRequest(*lean, list(hdrs.items()))
+            assert url is not None
             body = content() if callable(content) else content
             timeout = (
                 httpx.Timeout(max(self.settings.timeout_seconds, TRANSFER_TIMEOUT_SECONDS))
@@ -548,7 +571,7 @@ class RegistryTransport:
 
     async def _attempt(
         self,
-        request: httpx.Request,
+        request: httpx.Request | LeanRequest,
         limit: int,
         follow_redirects: bool,
         sink: Sink | None,
@@ -556,7 +579,7 @@ class RegistryTransport:
     ) -> Reply:
         """Send and read the body (under one deadline unless a transfer), refusing over `limit`."""
         deadline = None if transfer else self.settings.timeout_seconds
-        origin = _ORIGIN.set(request.url.host)
+        origin = _ORIGIN.set(request.host if isinstance(request, LeanRequest) else request.url.host)
         try:
             async with asyncio.timeout(deadline):
                 return await self._read(request, limit, follow_redirects, sink)
@@ -564,14 +587,22 @@ class RegistryTransport:
             _ORIGIN.reset(origin)
 
     async def _read(
-        self, request: httpx.Request, limit: int, follow_redirects: bool, sink: Sink | None
+        self,
+        request: httpx.Request | LeanRequest,
+        limit: int,
+        follow_redirects: bool,
+        sink: Sink | None,
     ) -> Reply:
-        if sink is None and self._lean is not None and _lean_eligible(request):
+        if isinstance(request, httpx.Request) and sink is None and self._lean is not None:
+            lean = _lean_request(request)  # a token GET, built by httpx's rules
+            if lean is not None:
+                request = lean
+        if isinstance(request, LeanRequest):
             reply = await self._read_lean(request, limit)
             location = reply.headers.get("location") if reply.status in _REDIRECTS else None
             if not (follow_redirects and location):
                 return reply
-            request = _redirected(request, location)  # httpx goes on from here
+            request = _redirected(request.as_httpx(USER_AGENT), location)  # httpx goes on
         response = await self._http.send(request, stream=True, follow_redirects=follow_redirects)
         try:
             ok = 200 <= response.status_code < 300
@@ -595,18 +626,15 @@ class RegistryTransport:
         finally:
             await response.aclose()
 
-    async def _read_lean(self, request: httpx.Request, limit: int) -> Reply:
+    async def _read_lean(self, request: LeanRequest, limit: int) -> Reply:
         """`_read` for a small plain-HTTP GET: the same limits, the same Reply."""
         assert self._lean is not None
-        url = request.url
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request.headers.raw
-            if name.lower() not in _LEAN_SETS
-        ]
-        target = url.raw_path.decode("ascii")
         answer = await self._lean.get(
-            url.host, url.port or 80, target, headers, max(limit, _ERROR_BODY_LIMIT)
+            request.host,
+            request.port,
+            request.target,
+            request.headers,
+            max(limit, _ERROR_BODY_LIMIT),
         )
         reply_headers = httpx.Headers(answer.headers)
         ok = 200 <= answer.status < 300
@@ -694,14 +722,46 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _LEAN_SETS = frozenset({b"host", b"user-agent", b"accept-encoding", b"connection"})
 
 
-def _lean_eligible(request: httpx.Request) -> bool:
-    """A GET without a body to a plain-HTTP origin (HTTPS stays on httpx, for HTTP/2)."""
-    return (
-        request.method == "GET"
-        and request.url.scheme == "http"
-        and "content-length" not in request.headers
-        and "transfer-encoding" not in request.headers
-    )
+class LeanRequest(NamedTuple):
+    """A GET for the lean client (`webhook.registry.lean`): no httpx URL or Request objects."""
+
+    host: str
+    port: int
+    target: str  # path and query, as sent
+    headers: list[tuple[str, str]]
+
+    def as_httpx(self, user_agent: str) -> httpx.Request:
+        """The same request for httpx (to follow a redirect from)."""
+        authority = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{authority}:{self.port}{self.target}"
+        return httpx.Request("GET", url, headers=[("User-Agent", user_agent), *self.headers])
+
+
+def _lean_request(request: httpx.Request) -> LeanRequest | None:
+    """`request` for the lean client when it is a GET without a body to a plain-HTTP origin
+    (HTTPS stays on httpx, for HTTP/2)."""
+    if request.method != "GET" or request.url.scheme != "http":
+        return None
+    if "content-length" in request.headers or "transfer-encoding" in request.headers:
+        return None
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.headers.raw
+        if name.lower() not in _LEAN_SETS
+    ]
+    url = request.url
+    return LeanRequest(url.host, url.port or 80, url.raw_path.decode("ascii"), headers)
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_port(authority: str) -> tuple[str, int] | None:
+    """("host", port) of a registry's `host[:port]` (port 80 by default); None when odd."""
+    try:
+        parts = urlsplit(f"http://{authority}")
+        port = parts.port or 80
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
 
 
 def _decoded(body: bytes, encoding: str, cap: int) -> bytes:
