@@ -15,7 +15,7 @@ import pytest
 
 from webhook.errors import InvalidImageData, RegistryError
 from webhook.registry.lean import MAX_HEADER_BYTES, LeanHTTP
-from webhook.registry.transport import _decoded
+from webhook.registry.transport import _decoded, _host_port
 
 Script = Callable[[bytes], bytes | None]  # request head → bytes to send (None: close)
 
@@ -50,9 +50,11 @@ class Scripted:
 
 
 @asynccontextmanager
-async def serving(answer: Script, **kwargs: bool) -> AsyncIterator[Scripted]:
+async def serving(
+    answer: Script, host: str = "127.0.0.1", **kwargs: bool
+) -> AsyncIterator[Scripted]:
     scripted = Scripted(answer, **kwargs)
-    server = await asyncio.start_server(scripted.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(scripted.handle, host, 0)
     scripted.port = server.sockets[0].getsockname()[1]
     try:
         yield scripted
@@ -219,3 +221,19 @@ async def test_through_the_transport_errors_keep_their_meaning() -> None:
     async with garbage as server, RegistryClient(make_settings(retries=0), Keyring.empty()) as c:
         with pytest.raises(RegistryError, match=r"cannot reach registry .*malformed"):
             await c.get_manifest(Reference.parse(f"127.0.0.1:{server.port}/app:1"))
+
+
+def test_registry_hosts_split_into_host_and_port() -> None:
+    assert _host_port("127.0.0.1:5000") == ("127.0.0.1", 5000)
+    assert _host_port("Registry.Local") == ("registry.local", 80)
+    assert _host_port("[::1]:5001") == ("::1", 5001)
+    assert _host_port("host:notaport") is None
+    assert _host_port("host:99999") is None
+
+
+async def test_an_ipv6_registry_is_reached_with_a_bracketed_host_header() -> None:
+    async with serving(lambda head: ok(b"{}"), host="::1") as server:
+        lean = LeanHTTP(90, "t")
+        reply = await lean.get("::1", server.port, "/v2/app/manifests/1", [], 100)
+        assert (reply.status, reply.body) == (200, b"{}")
+    assert f"\r\nHost: [::1]:{server.port}\r\n".encode() in server.heads[0]
