@@ -26,10 +26,17 @@ or NUL, say a token from a token server, is refused before anything is sent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import httptools
 import httpx
 
@@ -174,14 +181,238 @@ class _Connection(asyncio.Protocol):
         self._finish()
 
 
+class _Stream:
+    __slots__ = ("body", "future", "headers", "size", "status")
+
+    def __init__(self, future: asyncio.Future[LeanReply]) -> None:
+        self.future = future
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+
+
+class _H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection over TLS, shared by every concurrent GET to its origin (the h2
+    library's state machine; flow control is acknowledged as data is read)."""
+
+    def __init__(self, authority: bytes, user_agent: bytes) -> None:
+        # What we send is built here from vetted values (`_vet`), lower-case names and no
+        # connection headers, so the h2 library's per-request checks of it (a sixth of a GET's
+        # CPU) are skipped; what the registry sends is still validated.
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.local_settings.max_header_list_size = MAX_HEADER_BYTES
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self.speaks_h2 = False
+        self._authority = authority
+        self._user_agent = user_agent
+        self._streams: dict[int, _Stream] = {}
+        self._caps: dict[int, int] = {}
+
+    @property
+    def busy(self) -> bool:
+        limit = self.h2.remote_settings.max_concurrent_streams
+        return self.closed or len(self._streams) >= min(limit, 100)
+
+    async def exchange(self, target: str, headers: list[tuple[str, str]], cap: int) -> LeanReply:
+        if self.closed or self.transport is None:
+            raise httpx.ReadError("the registry closed the connection")
+        stream_id = self.h2.get_next_available_stream_id()
+        stream = _Stream(asyncio.get_running_loop().create_future())
+        self._streams[stream_id] = stream
+        self._caps[stream_id] = cap
+        fields = [
+            (b":method", b"GET"),
+            (b":authority", self._authority),
+            (b":scheme", b"https"),
+            (b":path", target.encode("latin-1")),
+            (b"user-agent", self._user_agent),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers),
+        ]
+        try:
+            self.h2.send_headers(stream_id, fields, end_stream=True)
+            self._flush()
+            return await stream.future
+        except h2.exceptions.ProtocolError as err:
+            self._lost(httpx.RemoteProtocolError(f"HTTP/2: {err}"))
+            raise httpx.RemoteProtocolError(f"HTTP/2: {err}") from None
+        except BaseException:  # a deadline or a cancellation: the stream alone is given up
+            if not stream.future.done() and not self.closed:
+                self._reset(stream_id)
+            raise
+        finally:
+            self._streams.pop(stream_id, None)
+            self._caps.pop(stream_id, None)
+            if not self._streams:
+                self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _reset(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
+
+    def _lost(self, error: Exception) -> None:
+        self.closed = True
+        for stream in self._streams.values():
+            if not stream.future.done():
+                stream.future.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        tls = transport.get_extra_info("ssl_object")
+        self.speaks_h2 = tls is not None and tls.selected_alpn_protocol() == "h2"
+        if self.speaks_h2:
+            self.h2.initiate_connection()
+            self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as err:
+            self._lost(httpx.RemoteProtocolError(f"HTTP/2: {err}"))
+            return
+        for event in events:
+            self._event(event)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = f" ({exc})" if exc else ""
+        self._lost(httpx.ReadError(f"the registry closed the connection mid-answer{why}"))
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ConnectionTerminated):  # GOAWAY: no new streams here
+            self._lost(httpx.ReadError("the registry ended the HTTP/2 connection (GOAWAY)"))
+            return
+        stream_id = getattr(event, "stream_id", None)
+        stream = self._streams.get(stream_id) if stream_id is not None else None
+        if isinstance(event, h2.events.DataReceived):
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if stream is None or stream.future.done():
+            return
+        if isinstance(event, h2.events.ResponseReceived):
+            for name, value in event.headers:
+                if name == b":status":
+                    stream.status = int(value)
+                elif not name.startswith(b":"):
+                    stream.headers.append((name, value))
+        elif isinstance(event, h2.events.DataReceived):
+            stream.size += len(event.data)
+            stream.body.append(event.data)
+            cap = self._caps[event.stream_id]
+            if stream.size > cap:  # enough to say it is too large; the rest is refused
+                self._answer(stream, cap)
+                self._reset(event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._answer(stream, self._caps[event.stream_id])
+        elif isinstance(event, h2.events.StreamReset):
+            stream.future.set_exception(httpx.ReadError("the registry reset the HTTP/2 stream"))
+
+    @staticmethod
+    def _answer(stream: _Stream, cap: int) -> None:
+        body = b"".join(stream.body)[: cap + 1]
+        stream.future.set_result(LeanReply(stream.status, stream.headers, body))
+
+
 class LeanHTTP:
     """Keep-alive connections per origin, and one GET at a time on each."""
 
-    def __init__(self, keepalive_seconds: float, user_agent: str) -> None:
+    def __init__(
+        self, keepalive_seconds: float, user_agent: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._keepalive = keepalive_seconds
         self._user_agent = user_agent
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._tls = tls
+        if tls is not None:
+            tls.set_alpn_protocols(["h2"])
+        self._h2: dict[tuple[str, int], _H2Connection] = {}
+        self._h2_connecting: dict[tuple[str, int], asyncio.Future[_H2Connection]] = {}
+        self.without_h2: set[tuple[str, int]] = set()  # HTTPS origins that chose HTTP/1.1
         self._closed = False
+
+    def speaks_h2(self, host: str, port: int) -> bool:
+        """Whether HTTPS GETs to this origin may come here (not known to refuse HTTP/2)."""
+        return self._tls is not None and (host, port) not in self.without_h2
+
+    async def get_h2(
+        self, host: str, port: int, target: str, headers: list[tuple[str, str]], cap: int
+    ) -> LeanReply:
+        """GET over HTTP/2 on the origin's shared connection; `httpx.UnsupportedProtocol`
+        when the registry does not speak HTTP/2 (the caller then uses httpx for it)."""
+        if self._closed:
+            raise httpx.ConnectError("the registry client is closed")
+        _vet(target, headers)
+        connection = await self._h2_connection(host, port)
+        return await connection.exchange(target, headers, cap)
+
+    async def _h2_connection(self, host: str, port: int) -> _H2Connection:
+        key = (host, port)
+        known = self._h2.get(key)
+        expired = time.monotonic() - self._keepalive
+        if known is not None and not known.busy:
+            if not (known._streams or known.idle_since >= expired):
+                known.close()
+            else:
+                return known
+        pending = self._h2_connecting.get(key)
+        if pending is not None:  # parallel fetches wait for the one connection being made
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_H2Connection] = asyncio.get_running_loop().create_future()
+        self._h2_connecting[key] = future
+        try:
+            connection = await self._connect_h2(host, port)
+        except BaseException as err:
+            failed = err if isinstance(err, Exception) else httpx.ConnectError("cancelled")
+            future.set_exception(failed)
+            future.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            del self._h2_connecting[key]
+        future.set_result(connection)
+        self._h2[key] = connection
+        return connection
+
+    async def _connect_h2(self, host: str, port: int) -> _H2Connection:
+        assert self._tls is not None
+        authority = (f"[{host}]" if ":" in host else host) + ("" if port == 443 else f":{port}")
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await loop.create_connection(
+                lambda: _H2Connection(authority.encode("latin-1"), self._user_agent.encode()),
+                host,
+                port,
+                ssl=self._tls,
+                server_hostname=host,
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise httpx.ConnectError(str(err) or type(err).__name__) from err
+        if not connection.speaks_h2:
+            connection.close()
+            self.without_h2.add((host, port))
+            raise httpx.UnsupportedProtocol(f"{authority} does not speak HTTP/2")
+        return connection
 
     async def get(
         self, host: str, port: int, target: str, headers: Iterable[tuple[str, str]], cap: int
@@ -202,6 +433,9 @@ class LeanHTTP:
 
     async def aclose(self) -> None:
         self._closed = True
+        for h2_connection in self._h2.values():
+            h2_connection.close()
+        self._h2.clear()
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
@@ -251,6 +485,15 @@ class LeanHTTP:
         return connection
 
 
+def _vet(target: str, headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse what would let a value end a header or the request line (CR, LF, NUL)."""
+    if not target.startswith("/") or any(c in target for c in (" ", *_FORBIDDEN_IN_HEADERS)):
+        raise httpx.LocalProtocolError(f"refusing to request the path {target!r}")
+    for name, value in headers:
+        if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
+            raise httpx.LocalProtocolError(f"refusing to send a {name} header with CR, LF or NUL")
+
+
 def _request_bytes(
     host: str, port: int, target: str, headers: Iterable[tuple[str, str]], user_agent: str
 ) -> bytes:
@@ -258,11 +501,7 @@ def _request_bytes(
     if port != 80:
         authority += f":{port}"
     fields = [("Host", authority), ("User-Agent", user_agent), *headers]
-    if not target.startswith("/") or any(c in target for c in (" ", *_FORBIDDEN_IN_HEADERS)):
-        raise httpx.LocalProtocolError(f"refusing to request the path {target!r}")
-    for name, value in fields:
-        if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
-            raise httpx.LocalProtocolError(f"refusing to send a {name} header with CR, LF or NUL")
+    _vet(target, fields)
     lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in fields), "", ""]
     try:
         return "\r\n".join(lines).encode("latin-1")

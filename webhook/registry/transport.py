@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
@@ -155,7 +156,8 @@ class RegistryTransport:
         if http_transport is None:
             http_transport = _pooled(verify, settings.http2, limits)
             if http_transport is not None:
-                self._lean = LeanHTTP(settings.keepalive_seconds, USER_AGENT)
+                tls = _tls_context(settings.ca_file) if settings.http2 else None
+                self._lean = LeanHTTP(settings.keepalive_seconds, USER_AGENT, tls)
         self._http = httpx.AsyncClient(
             transport=http_transport,
             verify=verify,
@@ -198,17 +200,20 @@ class RegistryTransport:
         base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}/"
         return urljoin(base, path)
 
-    def _lean_address(self, ref: Reference, host: str, path: str) -> tuple[str, int, str] | None:
-        """(host, port, target) of a GET the lean client can send: a plain-HTTP registry, and a
-        plain relative path under /v2/<repo>/ (anything else goes through httpx's URL rules)."""
-        if self._lean is None or "://" in path or path.startswith("/") or ".." in path:
+    def _lean_address(
+        self, ref: Reference, host: str, path: str
+    ) -> tuple[str, int, str, bool] | None:
+        """(host, port, target, https) of a GET the lean client can send: a plain-HTTP
+        registry or an HTTPS one not known to refuse HTTP/2, and a plain relative path under
+        /v2/<repo>/ (anything else goes through httpx's URL rules)."""
+        lean = self._lean
+        if lean is None or "://" in path or path.startswith("/") or ".." in path or "#" in path:
             return None
-        if "#" in path or not (self.uses_plain_http(ref.registry) or self.uses_plain_http(host)):
+        plain = self.uses_plain_http(ref.registry) or self.uses_plain_http(host)
+        address = _host_port(host, 80 if plain else 443)
+        if address is None or not (plain or lean.speaks_h2(*address)):
             return None
-        address = _host_port(host)
-        if address is None:
-            return None
-        return (*address, f"/v2/{ref.repository}/{path}")
+        return (*address, f"/v2/{ref.repository}/{path}", not plain)
 
     def uses_plain_http(self, host: str) -> bool:
         """Loopback registries and configured insecure ones speak HTTP, as in Docker/containerd."""
@@ -598,11 +603,15 @@ class RegistryTransport:
             if lean is not None:
                 request = lean
         if isinstance(request, LeanRequest):
-            reply = await self._read_lean(request, limit)
-            location = reply.headers.get("location") if reply.status in _REDIRECTS else None
-            if not (follow_redirects and location):
-                return reply
-            request = _redirected(request.as_httpx(USER_AGENT), location)  # httpx goes on
+            try:
+                reply = await self._read_lean(request, limit)
+            except httpx.UnsupportedProtocol:  # an HTTPS registry without HTTP/2: httpx's
+                request = request.as_httpx(USER_AGENT)
+            else:
+                location = reply.headers.get("location") if reply.status in _REDIRECTS else None
+                if not (follow_redirects and location):
+                    return reply
+                request = _redirected(request.as_httpx(USER_AGENT), location)  # httpx goes on
         response = await self._http.send(request, stream=True, follow_redirects=follow_redirects)
         try:
             ok = 200 <= response.status_code < 300
@@ -629,7 +638,8 @@ class RegistryTransport:
     async def _read_lean(self, request: LeanRequest, limit: int) -> Reply:
         """`_read` for a small plain-HTTP GET: the same limits, the same Reply."""
         assert self._lean is not None
-        answer = await self._lean.get(
+        get = self._lean.get_h2 if request.https else self._lean.get
+        answer = await get(
             request.host,
             request.port,
             request.target,
@@ -728,12 +738,13 @@ class LeanRequest(NamedTuple):
     host: str
     port: int
     target: str  # path and query, as sent
+    https: bool
     headers: list[tuple[str, str]]
 
     def as_httpx(self, user_agent: str) -> httpx.Request:
         """The same request for httpx (to follow a redirect from)."""
         authority = f"[{self.host}]" if ":" in self.host else self.host
-        url = f"http://{authority}:{self.port}{self.target}"
+        url = f"{'https' if self.https else 'http'}://{authority}:{self.port}{self.target}"
         return httpx.Request("GET", url, headers=[("User-Agent", user_agent), *self.headers])
 
 
@@ -750,18 +761,27 @@ def _lean_request(request: httpx.Request) -> LeanRequest | None:
         if name.lower() not in _LEAN_SETS
     ]
     url = request.url
-    return LeanRequest(url.host, url.port or 80, url.raw_path.decode("ascii"), headers)
+    return LeanRequest(url.host, url.port or 80, url.raw_path.decode("ascii"), False, headers)
 
 
 @functools.lru_cache(maxsize=1024)
-def _host_port(authority: str) -> tuple[str, int] | None:
-    """("host", port) of a registry's `host[:port]` (port 80 by default); None when odd."""
+def _host_port(authority: str, default_port: int = 80) -> tuple[str, int] | None:
+    """("host", port) of a registry's `host[:port]`; None when odd."""
     try:
         parts = urlsplit(f"http://{authority}")
-        port = parts.port or 80
+        port = parts.port or default_port
     except ValueError:
         return None
     return (parts.hostname, port) if parts.hostname else None
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A context of the lean client's own (it asks for HTTP/2 by ALPN), trusting what httpx's
+    does: the registry CA bundle, or httpx's default roots (SSL_CERT_FILE / SSL_CERT_DIR)."""
+    context = registry_ssl_context(ca_file)
+    if isinstance(context, ssl.SSLContext):
+        return context
+    return httpx.create_ssl_context(verify=context, trust_env=True)
 
 
 def _decoded(body: bytes, encoding: str, cap: int) -> bytes:
