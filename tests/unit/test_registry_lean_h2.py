@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import httpx
 import pytest
 
@@ -32,14 +33,26 @@ class H2Server:
     alpn: list[str]
     port: int = 0
     connections: int = 0
+    open_connections: int = 0
+    max_streams: int = 100
     requests: list[dict[bytes, bytes]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # answers "hold" streams
+    held: list[asyncio.Future[None]] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open_connections += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.open_connections -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         writer.write(conn.data_to_send())
         try:
             while data := await reader.read(65536):
@@ -47,7 +60,12 @@ class H2Server:
                     if isinstance(event, h2.events.RequestReceived):
                         headers = dict(event.headers)
                         self.requests.append(headers)
-                        if not self._act(conn, writer, event.stream_id, self.plan(headers)):
+                        act = self.plan(headers)
+                        if act[0] == "hold":
+                            self.held.append(
+                                asyncio.ensure_future(self._later(conn, writer, event.stream_id))
+                            )
+                        elif not self._act(conn, writer, event.stream_id, act):
                             return
                 writer.write(conn.data_to_send())
                 await writer.drain()
@@ -55,6 +73,14 @@ class H2Server:
             pass
         finally:
             writer.close()
+
+    async def _later(
+        self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, sid: int
+    ) -> None:
+        await self.release.wait()
+        conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
+        conn.send_data(sid, b"late", end_stream=True)
+        writer.write(conn.data_to_send())
 
     @staticmethod
     def _act(
@@ -87,7 +113,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Path, Path]:
 
 @asynccontextmanager
 async def serving(
-    ca: tuple[TestCA, Path, Path], plan: Plan, alpn: list[str] | None = None
+    ca: tuple[TestCA, Path, Path], plan: Plan, alpn: list[str] | None = None, max_streams: int = 100
 ) -> AsyncIterator[H2Server]:
     _, cert, key = ca
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -95,7 +121,7 @@ async def serving(
     server_alpn = ["h2"] if alpn is None else alpn
     if server_alpn:
         context.set_alpn_protocols(server_alpn)
-    h2server = H2Server(plan, server_alpn)
+    h2server = H2Server(plan, server_alpn, max_streams=max_streams)
     server = await asyncio.start_server(h2server.handle, "127.0.0.1", 0, ssl=context)
     h2server.port = server.sockets[0].getsockname()[1]
     try:
@@ -230,3 +256,28 @@ async def test_a_header_with_line_breaks_is_refused_before_sending(
         with pytest.raises(httpx.LocalProtocolError, match="CR, LF or NUL"):
             await lean.get_h2("127.0.0.1", server.port, "/v2/x", [("Authorization", "a\r\nb")], 9)
     assert server.connections == 0
+
+
+async def test_a_connection_full_of_streams_is_replaced_and_closes_when_done(
+    ca: tuple[TestCA, Path, Path],
+) -> None:
+    """A registry allowing one stream per connection: a GET while the connection's one stream
+    is busy opens another, and the replaced connection closes once its GET is answered."""
+
+    def plan(request: dict[bytes, bytes]) -> tuple:
+        return ("hold",) if request[b":path"].endswith(b"/slow") else answer(b"{}")(request)
+
+    async with serving(ca, plan, max_streams=1) as server:
+        lean = client(ca)
+        assert await get(lean, server.port) == (200, b"{}")  # the server's SETTINGS are known
+        held = asyncio.ensure_future(get(lean, server.port, path="/v2/a/slow"))
+        await asyncio.sleep(0.1)
+        assert await get(lean, server.port) == (200, b"{}")  # on a second connection
+        assert (server.connections, server.open_connections) == (2, 2)
+        server.release.set()
+        assert await held == (200, b"late")
+        await asyncio.sleep(0.1)
+        assert server.open_connections == 1  # the replaced one closed after its last GET
+        await lean.aclose()
+        await asyncio.sleep(0.1)
+        assert server.open_connections == 0

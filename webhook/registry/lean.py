@@ -210,6 +210,7 @@ class _H2Connection(asyncio.Protocol):
         self.h2.local_settings.max_header_list_size = MAX_HEADER_BYTES
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.retired = False  # replaced by a newer connection: closes when its last GET ends
         self.idle_since = time.monotonic()
         self.speaks_h2 = False
         self._authority = authority
@@ -253,6 +254,8 @@ class _H2Connection(asyncio.Protocol):
             self._caps.pop(stream_id, None)
             if not self._streams:
                 self.idle_since = time.monotonic()
+                if self.retired:
+                    self.close()
 
     def close(self) -> None:
         self.closed = True
@@ -348,6 +351,7 @@ class LeanHTTP:
         if tls is not None:
             tls.set_alpn_protocols(["h2"])
         self._h2: dict[tuple[str, int], _H2Connection] = {}
+        self._retired: set[_H2Connection] = set()  # replaced while busy, still serving GETs
         self._h2_connecting: dict[tuple[str, int], asyncio.Future[_H2Connection]] = {}
         self.without_h2: set[tuple[str, int]] = set()  # HTTPS origins that chose HTTP/1.1
         self._closed = False
@@ -368,17 +372,21 @@ class LeanHTTP:
         return await connection.exchange(target, headers, cap)
 
     async def _h2_connection(self, host: str, port: int) -> _H2Connection:
+        """The origin's connection with room for one more stream (the caller opens it before
+        anything else runs), made when there is none."""
         key = (host, port)
-        known = self._h2.get(key)
-        expired = time.monotonic() - self._keepalive
-        if known is not None and not known.busy:
-            if not (known._streams or known.idle_since >= expired):
+        while True:
+            known = self._h2.get(key)
+            expired = time.monotonic() - self._keepalive
+            if known is not None and not known.busy:
+                if known._streams or known.idle_since >= expired:
+                    return known
                 known.close()
-            else:
-                return known
-        pending = self._h2_connecting.get(key)
-        if pending is not None:  # parallel fetches wait for the one connection being made
-            return await asyncio.shield(pending)
+            pending = self._h2_connecting.get(key)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # parallel GETs wait for the one being made, then
+            # look again: the GET that made it may have taken its last free stream
         future: asyncio.Future[_H2Connection] = asyncio.get_running_loop().create_future()
         self._h2_connecting[key] = future
         try:
@@ -391,6 +399,13 @@ class LeanHTTP:
         finally:
             del self._h2_connecting[key]
         future.set_result(connection)
+        old = self._h2.get(key)
+        if old is not None:  # busy, expired or lost: it serves what it has, then closes
+            old.retired = True
+            if old._streams:
+                self._retired = {c for c in self._retired if not c.closed} | {old}
+            else:
+                old.close()
         self._h2[key] = connection
         return connection
 
@@ -433,9 +448,10 @@ class LeanHTTP:
 
     async def aclose(self) -> None:
         self._closed = True
-        for h2_connection in self._h2.values():
+        for h2_connection in (*self._h2.values(), *self._retired):
             h2_connection.close()
         self._h2.clear()
+        self._retired.clear()
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
